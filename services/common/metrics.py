@@ -1,0 +1,44 @@
+"""Prometheus helpers shared by every service.
+
+HTTP services mount :func:`metrics_app` at ``/metrics``; gRPC-only services and
+workers call :func:`start_metrics_server` on their own port. Both expose the
+same ``flywheel_build_info`` so a Grafana panel can show what runs where.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from prometheus_client import REGISTRY, CollectorRegistry, Info, make_asgi_app, start_http_server
+
+BUILD_INFO = Info("flywheel_build", "Flywheel build and runtime of this process.")
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("flywheel")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def set_build_info(service: str, **extra: str) -> None:
+    """Label this process: service name, package version, Python, plus any ``extra``."""
+    BUILD_INFO.info(
+        {
+            "service": service,
+            "version": package_version(),
+            "python": platform.python_version(),
+            **extra,
+        }
+    )
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` from a background thread, for processes without an HTTP app."""
+    start_http_server(port, addr=addr)
+
+
+def metrics_app(registry: CollectorRegistry = REGISTRY):
+    """An ASGI app serving the registry, to mount on a FastAPI app at ``/metrics``."""
+    return make_asgi_app(registry=registry)

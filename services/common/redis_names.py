@@ -1,0 +1,30 @@
+"""Every Redis key, stream, channel and consumer group in one place.
+
+Producers and consumers import the names from here so that a rename cannot
+leave one side listening on a stream nobody writes to any more.
+"""
+
+from __future__ import annotations
+
+PREFIX = "flywheel"
+
+# Streams (durable, consumed with consumer groups; ack only after the work is durable).
+FEEDBACK_EVENTS_STREAM = f"{PREFIX}:feedback:events"
+"""Every accepted feedback event, written by the feedback service's outbox relay."""
+
+# Consumer groups.
+TRAINER_GROUP = "trainer"
+"""The trainer counts new comparisons from FEEDBACK_EVENTS_STREAM with this group."""
+
+# Pub/sub channels (fire-and-forget notifications; receivers also poll the registry).
+MODEL_PROMOTIONS_CHANNEL = f"{PREFIX}:models:promotions"
+"""JSON ``{"role", "version", "action"}`` published when a version is promoted or rolled back."""
+
+# Plain keys.
+TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"
+"""Held while a training run is in progress: one run at a time."""
+
+
+def rate_limit_key(api_key_id: str, window: int) -> str:
+    """Counter of requests from one API key in one fixed time window."""
+    return f"{PREFIX}:ratelimit:{api_key_id}:{window}"

@@ -1,0 +1,56 @@
+"""Typed settings from the environment, shared by every service.
+
+Each service subclasses :class:`ServiceSettings` with its own prefix
+(``FLYWHEEL_FEEDBACK_``, ``FLYWHEEL_REWARD_``, ...). The few settings that every
+process must agree on (where the data lives, which Redis) are read from
+project-wide names (``FLYWHEEL_DATA_DIR``, ``FLYWHEEL_REDIS_URL``, ...) whatever
+the service's prefix, so one environment configures the whole local stack and
+the Helm chart sets them once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogFormat = Literal["json", "text"]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set ``env_prefix`` for their own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_", extra="ignore", populate_by_name=True
+    )
+
+    # An explicit alias makes pydantic-settings ignore the subclass's prefix for these.
+    data_dir: Path = Field(
+        Path("data"),
+        validation_alias="FLYWHEEL_DATA_DIR",
+        description="Root of local state: model store, SQLite file, spools, logs.",
+    )
+    model_store: Path | None = Field(
+        None,
+        validation_alias="FLYWHEEL_MODEL_STORE",
+        description="Model registry folder; defaults to <data_dir>/models.",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias="FLYWHEEL_REDIS_URL",
+        description="Redis for streams, pub/sub, locks and rate limits.",
+    )
+    log_level: str = Field(
+        "INFO", validation_alias="FLYWHEEL_LOG_LEVEL", description="Python logging level name."
+    )
+    log_format: LogFormat = Field(
+        "json",
+        validation_alias="FLYWHEEL_LOG_FORMAT",
+        description="'json' (one object a line, for log shippers) or 'text' (for people).",
+    )
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.model_store if self.model_store is not None else self.data_dir / "models"

@@ -1,0 +1,32 @@
+import socket
+import urllib.request
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from services.common.metrics import metrics_app, set_build_info, start_metrics_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_server_exposes_build_info_over_http():
+    set_build_info("reward", model_version="reward/v2")
+    port = free_port()
+    start_metrics_server(port, addr="127.0.0.1")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    line = next(x for x in body.splitlines() if x.startswith("flywheel_build_info{"))
+    assert 'service="reward"' in line and 'model_version="reward/v2"' in line
+    assert line.endswith(" 1.0")
+
+
+def test_metrics_app_mounts_on_fastapi():
+    set_build_info("gateway")
+    app = FastAPI()
+    app.mount("/metrics", metrics_app())
+    response = TestClient(app).get("/metrics/")
+    assert response.status_code == 200
+    assert "flywheel_build_info{" in response.text and 'service="gateway"' in response.text
