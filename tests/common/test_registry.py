@@ -1,0 +1,260 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.common.registry import (
+    CorruptVersionError,
+    InvalidTransitionError,
+    ModelRegistry,
+    RegistryError,
+    VersionNotFoundError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_weights(payload: bytes = b"weights"):
+    def write(folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(payload)
+        (folder / "config.json").write_text("{}")
+
+    return write
+
+
+@pytest.fixture
+def registry(tmp_path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "store")
+
+
+def test_new_version_is_a_numbered_candidate_with_its_manifest(registry):
+    first = registry.create_version("policy", write_weights(), metrics={"loss": 1.5})
+    second = registry.create_version(
+        "policy", write_weights(b"other"), parent="v0", data_snapshot_id="snap-7"
+    )
+
+    assert (first.version, second.version) == ("v0", "v1")
+    assert second.status == "candidate"
+    assert second.manifest.parent == "v0"
+    assert second.manifest.data_snapshot_id == "snap-7"
+    assert registry.get("policy", "v0").manifest.metrics == {"loss": 1.5}
+    assert set(second.manifest.files) == {"model.safetensors", "config.json"}
+    assert [v.version for v in registry.versions("policy")] == ["v0", "v1"]
+    assert registry.versions("reward") == []
+
+
+def test_parent_must_exist(registry):
+    with pytest.raises(VersionNotFoundError, match="policy/v4 does not exist"):
+        registry.create_version("policy", write_weights(), parent="v4")
+
+
+def test_promote_then_promote_again_retires_the_previous(registry):
+    for _ in range(2):
+        registry.create_version("policy", write_weights())
+    registry.promote("policy", "v0")
+    registry.promote("policy", "v1")
+
+    assert registry.promoted("policy").version == "v1"
+    assert registry.get("policy", "v0").status == "retired"
+    assert registry.resolve("policy").version == "v1"
+    assert registry.resolve("policy/promoted").version == "v1"
+    assert [h["action"] for h in registry.history("policy")] == ["promote", "promote"]
+
+
+def test_rollback_promotes_the_parent(registry):
+    registry.create_version("policy", write_weights())
+    registry.create_version("policy", write_weights(b"child"), parent="v0")
+    registry.promote("policy", "v0")
+    registry.promote("policy", "v1")
+
+    restored = registry.rollback("policy")
+
+    assert restored.version == "v0"
+    assert restored.status == "promoted"
+    assert registry.get("policy", "v1").status == "rolled-back"
+    last = registry.history("policy")[-1]
+    assert (last["action"], last["version"], last["previous"]) == ("rollback", "v0", "v1")
+
+
+def test_rollback_needs_something_to_roll_back_to(registry):
+    with pytest.raises(InvalidTransitionError, match="nothing to roll back"):
+        registry.rollback("policy")
+    registry.create_version("policy", write_weights())
+    registry.promote("policy", "v0")
+    with pytest.raises(InvalidTransitionError, match="no parent"):
+        registry.rollback("policy")
+    assert registry.promoted("policy").version == "v0"
+
+
+def test_rejected_version_is_not_promoted_without_force(registry):
+    registry.create_version("reward", write_weights())
+    registry.reject("reward", "v0", reason="accuracy 0.51 < 0.6")
+
+    with pytest.raises(InvalidTransitionError, match="rejected"):
+        registry.promote("reward", "v0")
+    assert registry.promoted("reward") is None
+    assert registry.history("reward")[-1]["reason"] == "accuracy 0.51 < 0.6"
+    assert registry.promote("reward", "v0", force=True).status == "promoted"
+
+
+def test_missing_version_and_bad_names_give_clear_errors(registry):
+    registry.create_version("policy", write_weights())
+    with pytest.raises(VersionNotFoundError, match=r"policy/v3 does not exist \(known: v0\)"):
+        registry.get("policy", "v3")
+    with pytest.raises(VersionNotFoundError, match="not a version name"):
+        registry.get("policy", "latest")
+    with pytest.raises(RegistryError, match="unknown role 'critic'"):
+        registry.resolve("critic/v0")
+    with pytest.raises(VersionNotFoundError, match="no reward version is promoted"):
+        registry.resolve("reward")
+
+
+def test_corrupt_manifest_is_reported_not_listed(registry):
+    registry.create_version("policy", write_weights())
+    registry.create_version("policy", write_weights())
+    (registry.root / "policy" / "v1" / "manifest.json").write_text('{"role": "pol')
+
+    with pytest.raises(CorruptVersionError, match="policy/v1: manifest.json is not JSON"):
+        registry.get("policy", "v1")
+    assert [v.version for v in registry.versions("policy")] == ["v0"]
+    assert [name for name, _ in registry.problems("policy")] == ["v1"]
+    with pytest.raises(CorruptVersionError):
+        registry.promote("policy", "v1")
+
+
+def test_manifest_that_names_another_version_is_corrupt(registry):
+    registry.create_version("policy", write_weights())
+    registry.create_version("policy", write_weights())
+    manifest = registry.root / "policy" / "v1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["version"] = "v0"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptVersionError, match="describes policy/v0"):
+        registry.get("policy", "v1")
+
+
+def test_verify_catches_changed_and_missing_files(registry):
+    info = registry.create_version("policy", write_weights(b"0123456789"))
+    assert registry.verify("policy", "v0") == info
+
+    (info.path / "model.safetensors").write_bytes(b"0123456780")
+    with pytest.raises(CorruptVersionError, match="does not match its checksum"):
+        registry.verify("policy", "v0")
+    (info.path / "model.safetensors").unlink()
+    with pytest.raises(CorruptVersionError, match="model.safetensors is missing"):
+        registry.verify("policy", "v0")
+
+
+def test_failed_writer_leaves_no_version(registry):
+    def broken(folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry.create_version("policy", broken)
+    assert registry.versions("policy") == []
+    assert list((registry.root / "policy").iterdir()) == []
+
+
+def test_crash_between_weights_and_manifest_leaves_no_visible_version(registry):
+    # A real process dies by SIGKILL after writing its weights, before the manifest.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from services.common.registry import ModelRegistry
+
+        def write_then_die(folder):
+            (folder / "model.safetensors").write_bytes(b"x" * 4096)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        ModelRegistry({str(registry.root)!r}).create_version("policy", write_then_die)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=60)
+    assert result.returncode == -9
+
+    role_dir = registry.root / "policy"
+    assert [p.name.split("-")[0] for p in role_dir.iterdir()] == [".staging"]
+    assert registry.versions("policy") == []
+    assert registry.problems("policy") == []
+
+    # The next writer takes v0 and clears the dead writer's leftovers.
+    assert registry.create_version("policy", write_weights()).version == "v0"
+    assert sorted(p.name for p in role_dir.iterdir()) == ["v0"]
+
+
+WRITER = """
+import sys
+from services.common.registry import ModelRegistry
+
+registry = ModelRegistry(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    def write(folder, i=i):
+        (folder / "model.safetensors").write_bytes(bytes([i]) * 300_000)
+    info = registry.create_version("policy", write)
+    registry.promote("policy", info.version)
+"""
+
+
+def test_concurrent_writers_and_readers(registry):
+    """Four processes create and promote versions while threads keep reading."""
+    registry.create_version("policy", write_weights())
+    registry.promote("policy", "v0")
+    writers, per_writer = 4, 3
+    stop = threading.Event()
+    reads: list[int] = []
+    failures: list[str] = []
+
+    def read_continuously() -> None:
+        reader = ModelRegistry(registry.root)
+        while not stop.is_set():
+            try:
+                current = reader.promoted("policy")
+                assert current is not None and current.status == "promoted"
+                assert reader.problems("policy") == []
+                for info in reader.versions("policy"):
+                    assert "model.safetensors" in info.manifest.files
+                reads.append(1)
+            except Exception as exc:  # collected: an assert in a thread would be lost
+                failures.append(repr(exc))
+
+    readers = [threading.Thread(target=read_continuously) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(registry.root), str(per_writer)], cwd=REPO
+        )
+        for _ in range(writers)
+    ]
+    codes = [p.wait(timeout=120) for p in procs]
+    stop.set()
+    for thread in readers:
+        thread.join()
+
+    assert codes == [0] * writers
+    assert failures == []
+    assert len(reads) > 10
+    total = 1 + writers * per_writer
+    assert [v.version for v in registry.versions("policy")] == [f"v{i}" for i in range(total)]
+    statuses = [v.status for v in registry.versions("policy")]
+    assert statuses.count("promoted") == 1
+    assert statuses.count("retired") == total - 1
+    assert len(registry.history("policy")) == total
+
+
+def test_state_file_is_replaced_not_rewritten_in_place(registry):
+    """Readers open state.json by path; an in-place rewrite could show them a torn file."""
+    registry.create_version("policy", write_weights())
+    registry.create_version("policy", write_weights())
+    registry.promote("policy", "v0")
+    state = registry.root / "policy" / "state.json"
+    inode_before = os.stat(state).st_ino
+    registry.promote("policy", "v1")
+    assert os.stat(state).st_ino != inode_before
+    assert not [p for p in state.parent.iterdir() if p.name.endswith(".tmp")]
