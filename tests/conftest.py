@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random Llama with the base model's tokenizer, in a temporary store.
+
+The tiny model has the real tokenizer and chat template (so prompts, special
+tokens and end-of-turn behave as in production) but only a few hundred
+thousand non-embedding parameters, so every test that needs "a model" runs in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from services.common.base_model import find_base_gguf
+from services.common.registry import ModelRegistry
+
+TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
+
+
+def tiny_llama_config(tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer_dir(tmp_path_factory) -> Path:
+    """The base model's tokenizer (read once from the shipped GGUF), saved as a plain folder."""
+    gguf = find_base_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.model_max_length = 1024
+    folder = tmp_path_factory.mktemp("base-tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random Llama and the base tokenizer, saved with ``save_pretrained``."""
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def model_store(tiny_model_dir, tmp_path) -> ModelRegistry:
+    """A fresh registry holding the tiny model as ``policy/v0``, promoted."""
+    registry = ModelRegistry(tmp_path / "models")
+    info = registry.create_version(
+        "policy",
+        lambda folder: shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True),
+        notes="tiny random Llama for tests",
+    )
+    registry.promote("policy", info.version)
+    return registry
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis (``make test`` starts one); a clear failure if it is not there."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"no Redis at {TEST_REDIS_URL} ({exc}); run the tests with `make test`")
+    finally:
+        client.close()
+    return TEST_REDIS_URL
