@@ -1,0 +1,33 @@
+"""``flywheel``: the one front door for operators, the local stack and the tests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.cli import models
+from services.common.logging_setup import configure_logging
+from services.common.registry import RegistryError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flywheel", description="Flywheel: improve a chat model from its users' feedback."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    models.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("cli", level="WARNING", fmt="text")
+    try:
+        return models.run(args)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
