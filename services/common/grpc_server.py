@@ -1,0 +1,170 @@
+"""The one gRPC server bootstrap every service uses: health, reflection, graceful drain.
+
+Typical use::
+
+    server = GrpcServer(port=settings.grpc_port, max_workers=8)
+    server.add(add_RewardServicer_to_server, RewardServicer(scorer), "flywheel.v1.Reward")
+    server.start()
+    scorer.load_weights()        # alive (health answers) but not ready until this is done
+    server.set_serving(True)
+    server.serve_forever(drain_timeout=20)   # returns after SIGTERM/SIGINT and a drain
+
+Handlers should honour cancellation (``context.is_active()``, ``context.add_callback``): after
+the drain timeout in-flight calls are cancelled, but Python cannot interrupt a thread, and a
+handler that never returns keeps the process alive until it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("flywheel.grpc")
+
+MiB = 1024 * 1024
+
+# Channel options every server gets; ``options=`` can override any of them by key.
+DEFAULT_OPTIONS: dict[str, int] = {
+    # gRPC's default receive limit is 4 MiB; a Score batch of long answers or an export page of
+    # comparisons can pass that, so allow 32 MiB both ways. Bigger data belongs in a stream.
+    "grpc.max_receive_message_length": 32 * MiB,
+    "grpc.max_send_message_length": 32 * MiB,
+    # Ping idle clients every 60 s and drop them after 20 s without an answer, so connections
+    # half-closed by a NAT or a dead pod do not pile up.
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    # Accept client keepalive pings down to every 10 s (the default of 5 min makes the server
+    # answer more frequent pings with GOAWAY "too_many_pings" and drop the connection).
+    "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+    # gRPC sets SO_REUSEPORT by default, so a second server on the same port starts "fine" and
+    # silently steals half the traffic; we want a port clash to fail loudly instead.
+    "grpc.so_reuseport": 0,
+}
+
+# How long to wait for handlers to notice cancellation once the drain timeout has passed.
+_CANCEL_WAIT_S = 5.0
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcServer:
+    """A sync ``grpc.server`` with health, reflection, channel defaults and signal-driven drain."""
+
+    def __init__(
+        self,
+        host: str = "[::]",
+        port: int = 0,
+        *,
+        max_workers: int = 10,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc")
+        self._server = grpc.server(
+            self._executor, options=list({**DEFAULT_OPTIONS, **dict(options)}.items())
+        )
+        self._address = f"{host}:{port}"
+        self._port = 0  # 0 until started
+        self._names: list[str] = []
+        self._signal: int | None = None
+        # Non-blocking Watch: a watching client does not hold one of the worker threads.
+        self._health = health.HealthServicer(experimental_non_blocking=True)
+        # The servicer starts with "" SERVING; a service is not ready until its caller says so.
+        self._health.set("", _NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0); 0 until ``start()``."""
+        return self._port
+
+    def add(self, register: Callable[[Any, grpc.Server], None], servicer: Any, name: str) -> None:
+        """Register a servicer with its generated ``add_*_to_server``; ``name`` is the full name
+        (``flywheel.v1.Reward``) that health and reflection report."""
+        self._check_not_started()
+        register(servicer, self._server)
+        self._track(name)
+
+    def add_generic_handler(self, handler: grpc.ServiceRpcHandler) -> None:
+        """Register a hand-built handler (``grpc.method_handlers_generic_handler``)."""
+        self._check_not_started()
+        self._server.add_generic_rpc_handlers((handler,))
+        self._track(handler.service_name())
+
+    def start(self) -> int:
+        """Bind and start serving RPCs (health says NOT_SERVING until ``set_serving``)."""
+        self._check_not_started()
+        # Reflection is added last, when the full list of names is known.
+        reflection.enable_server_reflection(
+            [*self._names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self._port = self._server.add_insecure_port(self._address)  # RuntimeError if taken
+        self._server.start()
+        log.info("grpc server started on port %d", self._port, extra={"port": self._port})
+        return self._port
+
+    def set_serving(self, serving: bool = True) -> None:
+        """Flip every health status (overall "" and each service) to SERVING or NOT_SERVING."""
+        for name in ["", *self._names]:
+            self._health.set(name, _SERVING if serving else _NOT_SERVING)
+
+    def stop(self, drain_timeout: float) -> None:
+        """Drain and stop; blocks until stopped. Safe to call more than once."""
+        log.info("grpc server draining", extra={"drain_timeout_s": drain_timeout})
+        # NOT_SERVING first (and for good: later set_serving calls are ignored) so load
+        # balancers and probes stop sending; then refuse new calls and give in-flight ones up
+        # to drain_timeout before they are cancelled. Open health Watch streams count as in
+        # flight, so with a watcher connected the stop takes the whole drain_timeout.
+        self._health.enter_graceful_shutdown()
+        done = self._server.stop(grace=drain_timeout)
+        if not done.wait(drain_timeout + _CANCEL_WAIT_S):
+            log.warning("grpc handlers still running after cancellation; they ignore it")
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("grpc server stopped", extra={"port": self._port})
+
+    def serve_forever(self, drain_timeout: float) -> None:
+        """Start if needed, serve until SIGTERM or SIGINT, then drain and return.
+
+        Signal handlers can only be installed from the main thread; from any other thread this
+        just waits until someone else calls ``stop()``.
+        """
+        if not self._port:
+            self.start()
+        if threading.current_thread() is not threading.main_thread():
+            self._server.wait_for_termination()
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            # The handler only records the signal; the drain runs here, outside signal context,
+            # where taking locks cannot deadlock against the interrupted code. Short polls let
+            # the handler run; wait_for_termination returns False once the server is gone.
+            while self._signal is None:
+                if not self._server.wait_for_termination(timeout=0.05):
+                    return
+            log.info("received %s", signal.Signals(self._signal).name)
+            self.stop(drain_timeout)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signal = signum
+
+    def _track(self, name: str) -> None:
+        self._names.append(name)
+        self._health.set(name, _NOT_SERVING)
+
+    def _check_not_started(self) -> None:
+        # Reflection and the handler list are fixed at start(); a late add would be invisible.
+        if self._port:
+            raise RuntimeError("add services before start()")
