@@ -22,9 +22,7 @@ LogFormat = Literal["json", "text"]
 class ServiceSettings(BaseSettings):
     """Settings every service has. Subclasses set ``env_prefix`` for their own fields."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FLYWHEEL_", extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore", populate_by_name=True)
 
     # An explicit alias makes pydantic-settings ignore the subclass's prefix for these.
     data_dir: Path = Field(
