@@ -7,6 +7,7 @@ same ``flywheel_build_info`` so a Grafana panel can show what runs where.
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 
@@ -23,11 +24,17 @@ def package_version() -> str:
 
 
 def set_build_info(service: str, **extra: str) -> None:
-    """Label this process: service name, package version, Python, plus any ``extra``."""
+    """Label this process: service, package version, build, Python, plus any ``extra``.
+
+    ``build`` comes from ``FLYWHEEL_BUILD`` (the image tag or git commit that the
+    image build or the Helm chart sets), so two pods of one version can still be
+    told apart when a build was redone.
+    """
     BUILD_INFO.info(
         {
             "service": service,
             "version": package_version(),
+            "build": os.environ.get("FLYWHEEL_BUILD", "dev"),
             "python": platform.python_version(),
             **extra,
         }

@@ -13,13 +13,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_metrics_server_exposes_build_info_over_http():
+def test_metrics_server_exposes_build_info_over_http(monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_BUILD", "abc1234")
     set_build_info("reward", model_version="reward/v2")
     port = free_port()
     start_metrics_server(port, addr="127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     line = next(x for x in body.splitlines() if x.startswith("flywheel_build_info{"))
     assert 'service="reward"' in line and 'model_version="reward/v2"' in line
+    assert 'build="abc1234"' in line and 'version="0.1.0"' in line
     assert line.endswith(" 1.0")
 
 
