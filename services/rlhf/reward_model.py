@@ -1,0 +1,257 @@
+"""Reward model training with the paper's K-wise loss, calibration and evaluation.
+
+For a prompt with K ranked answers, InstructGPT minimises
+``-1/C(K,2) * sum over pairs (w better than l) of log sigmoid(r_w - r_l)``
+with all pairs of one prompt in one batch element: each answer runs through the
+model once and every pair reuses those scores, and each prompt weighs the same
+however many answers it has. Plain pairs (pairwise votes, thumbs-derived pairs)
+are the K=2 case. Ties carry no preference and are dropped, as the paper did.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from services.rlhf.config import option
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.tokenization import Message, encode_prompt_answer, pad
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The judged answers to one prompt: ``pairs`` are (better, worse) indices into ``answers``."""
+
+    prompt: tuple[Message, ...] | list[Message]
+    answers: tuple[str, ...] | list[str]
+    pairs: tuple[tuple[int, int], ...] | list[tuple[int, int]]
+
+    def __post_init__(self) -> None:
+        for better, worse in self.pairs:
+            if better == worse or not (
+                0 <= better < len(self.answers) and 0 <= worse < len(self.answers)
+            ):
+                raise ValueError(
+                    f"pair {(better, worse)} does not name two of the {len(self.answers)} answers"
+                )
+
+    @classmethod
+    def from_ranks(
+        cls, prompt: Sequence[Message], answers: Sequence[str], ranks: Sequence[int]
+    ) -> Comparison:
+        """A ranking: ``ranks[i]`` is answer i's place (0 = best); equal places are ties."""
+        if len(ranks) != len(answers):
+            raise ValueError("one rank per answer")
+        pairs = [
+            (i, j) for i in range(len(answers)) for j in range(len(answers)) if ranks[i] < ranks[j]
+        ]
+        return cls(list(prompt), list(answers), pairs)
+
+
+@dataclass
+class RewardConfig:
+    lr: float = option(
+        9e-6, "Peak learning rate. The paper used 9e-6 for its 6B RM; small models want more."
+    )
+    epochs: int = option(1, "Passes over the comparisons (the paper: one, more overfits).")
+    prompts_per_batch: int = option(8, "Prompts (comparison groups) per optimizer step.")
+    max_length: int = option(512, "Most tokens of prompt + answer; longer ones are cut.")
+    warmup_ratio: float = option(0.05, "Fraction of steps with a linear warm-up.")
+    min_lr_ratio: float = option(0.1, "Cosine decay ends at lr * this (the paper: 10%).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    adam_betas: tuple[float, float] = option((0.9, 0.95), "Adam beta1, beta2 (the paper's).")
+    max_grad_norm: float = option(1.0, "Gradient clipping by global norm.")
+    seed: int = option(0, "Seeds the data order.")
+    log_every: int = option(10, "Log loss and rate every this many steps.")
+
+
+@dataclass
+class RewardResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    comparisons_per_second: float = 0.0
+    bias_shift: float = 0.0
+
+
+def kwise_loss(
+    rewards: torch.Tensor, pairs: torch.Tensor, pair_group: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Mean over groups of the mean over a group's pairs of -log sigmoid(r_better - r_worse).
+
+    ``rewards``: (answers,) scores of every answer in the batch, each computed once.
+    ``pairs``: (P, 2) global (better, worse) indices into ``rewards``.
+    ``pair_group``: (P,) which group each pair belongs to.
+    A full ranking of K answers has C(K,2) pairs, so its mean is the paper's 1/C(K,2) sum.
+    """
+    per_pair = -F.logsigmoid(rewards[pairs[:, 0]] - rewards[pairs[:, 1]])
+    totals = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device)
+    counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device)
+    totals.index_add_(0, pair_group, per_pair)
+    counts.index_add_(0, pair_group, torch.ones_like(per_pair))
+    return (totals / counts.clamp(min=1))[counts > 0].mean()
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pairs: torch.Tensor
+    pair_group: torch.Tensor
+    n_groups: int
+
+
+def _collate(tokenizer, groups: Sequence[Comparison], max_length: int, device) -> _Batch:
+    """Every answer of every group once, as rows of one padded batch, with global pair indices."""
+    sequences, pairs, pair_group = [], [], []
+    for g, comparison in enumerate(groups):
+        offset = len(sequences)
+        for answer in comparison.answers:
+            sequences.append(
+                encode_prompt_answer(tokenizer, comparison.prompt, answer, max_length).input_ids
+            )
+        for better, worse in comparison.pairs:
+            pairs.append((offset + better, offset + worse))
+            pair_group.append(g)
+    ids, mask = pad(sequences, tokenizer.pad_token_id)
+    return _Batch(
+        ids.to(device),
+        mask.to(device),
+        torch.tensor(pairs, dtype=torch.long, device=device).reshape(-1, 2),
+        torch.tensor(pair_group, dtype=torch.long, device=device),
+        len(groups),
+    )
+
+
+def cosine_with_warmup(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
+    warmup = max(1, round(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup - 1))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def train_reward_model(
+    model: ScalarHeadModel,
+    tokenizer,
+    comparisons: Sequence[Comparison],
+    config: RewardConfig,
+    progress: bool = True,
+) -> RewardResult:
+    """Train ``model`` in place on the comparisons with the K-wise loss."""
+    usable = [c for c in comparisons if c.pairs]
+    if not usable:
+        raise ValueError("no comparison has a pair to learn from (all ties?)")
+    steps_per_epoch = math.ceil(len(usable) / config.prompts_per_batch)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, config.warmup_ratio, config.min_lr_ratio)
+    )
+    result = RewardResult(steps=0)
+    pairs_done, started = 0, time.perf_counter()
+    model.train()
+    bar = tqdm(total=total_steps, desc="reward model", disable=not progress, unit="step")
+    for epoch in range(config.epochs):
+        order = list(range(len(usable)))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        for start in range(0, len(order), config.prompts_per_batch):
+            groups = [usable[i] for i in order[start : start + config.prompts_per_batch]]
+            batch = _collate(tokenizer, groups, config.max_length, model.device)
+            rewards = model.rewards(batch.input_ids, batch.attention_mask)
+            loss = kwise_loss(rewards, batch.pairs, batch.pair_group, batch.n_groups)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            result.steps += 1
+            result.losses.append(loss.item())
+            pairs_done += len(batch.pairs)
+            bar.update(1)
+            if result.steps % config.log_every == 0 or result.steps == total_steps:
+                rate = pairs_done / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.4f}", cmp_per_s=f"{rate:.1f}")
+                log.info(
+                    "reward model step",
+                    extra={"step": result.steps, "loss": loss.item(), "comparisons_per_s": rate},
+                )
+    bar.close()
+    model.eval()
+    result.comparisons_per_second = pairs_done / (time.perf_counter() - started)
+    return result
+
+
+@torch.no_grad()
+def score_answers(
+    model: ScalarHeadModel,
+    tokenizer,
+    items: Sequence[tuple[Sequence[Message], str]],
+    max_length: int = 512,
+    batch_size: int = 16,
+) -> list[float]:
+    """The reward of each (prompt, answer), in order."""
+    scores: list[float] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        encoded = [encode_prompt_answer(tokenizer, p, a, max_length).input_ids for p, a in chunk]
+        ids, mask = pad(encoded, tokenizer.pad_token_id)
+        scores.extend(model.rewards(ids.to(model.device), mask.to(model.device)).tolist())
+    return scores
+
+
+def pairwise_accuracy(
+    model: ScalarHeadModel,
+    tokenizer,
+    comparisons: Sequence[Comparison],
+    max_length: int = 512,
+    batch_size: int = 16,
+) -> float:
+    """Fraction of (better, worse) pairs the model orders correctly; an exact tie counts half."""
+    items = [(c.prompt, a) for c in comparisons for a in c.answers]
+    scores = score_answers(model, tokenizer, items, max_length, batch_size)
+    correct, total, offset = 0.0, 0, 0
+    for comparison in comparisons:
+        for better, worse in comparison.pairs:
+            diff = scores[offset + better] - scores[offset + worse]
+            correct += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+            total += 1
+        offset += len(comparison.answers)
+    if total == 0:
+        raise ValueError("no pairs to evaluate")
+    return correct / total
+
+
+def centre_on_references(
+    model: ScalarHeadModel,
+    tokenizer,
+    references: Sequence[tuple[Sequence[Message], str]],
+    max_length: int = 512,
+) -> float:
+    """Shift the head's bias so the reference answers score 0 on average; returns the shift.
+
+    References are demonstrations, or the current policy's answers when there are
+    none. A centred RM makes rewards comparable across RM versions and keeps PPO's
+    value targets near 0 at the start.
+    """
+    if not references:
+        raise ValueError("need reference answers to centre the rewards on")
+    mean = sum(score_answers(model, tokenizer, references, max_length)) / len(references)
+    model.shift_bias(-mean)
+    return -mean
