@@ -1,0 +1,115 @@
+"""How good is a policy: win rate under a judge, mean reward, KL to the reference, perplexity.
+
+One function each, shared by the trainer's gates and the demo. A judge is any
+callable ``judge(prompt, answer_a, answer_b) -> float`` returning 1 when A is
+better, 0 when B is, 0.5 for a tie: the reward model (:func:`reward_model_judge`)
+or, later, the simulated labelers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.reward_model import score_answers
+from services.rlhf.sequences import build_response_batch, response_logprobs
+from services.rlhf.tokenization import Message, pad
+
+Judge = Callable[[Sequence[Message], str, str], float]
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def rate(self) -> float:
+        """A's win rate with ties counted half (the paper's convention for preference)."""
+        total = self.wins + self.losses + self.ties
+        return (self.wins + 0.5 * self.ties) / total if total else float("nan")
+
+
+def win_rate(
+    prompts: Sequence[Sequence[Message]],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    judge: Judge,
+) -> WinRate:
+    """How often A's answer is preferred to B's on the same prompts."""
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError("one answer from each policy per prompt")
+    verdicts = [judge(p, a, b) for p, a, b in zip(prompts, answers_a, answers_b, strict=True)]
+    return WinRate(
+        wins=sum(v == 1.0 for v in verdicts),
+        losses=sum(v == 0.0 for v in verdicts),
+        ties=sum(v not in (0.0, 1.0) for v in verdicts),
+    )
+
+
+def reward_model_judge(model: ScalarHeadModel, tokenizer, max_length: int = 512) -> Judge:
+    def judge(prompt: Sequence[Message], answer_a: str, answer_b: str) -> float:
+        a, b = score_answers(model, tokenizer, [(prompt, answer_a), (prompt, answer_b)], max_length)
+        return 1.0 if a > b else 0.0 if a < b else 0.5
+
+    return judge
+
+
+def mean_reward(
+    model: ScalarHeadModel,
+    tokenizer,
+    prompts: Sequence[Sequence[Message]],
+    answers: Sequence[str],
+    max_length: int = 512,
+) -> float:
+    scores = score_answers(model, tokenizer, list(zip(prompts, answers, strict=True)), max_length)
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def kl_to_reference(
+    policy,
+    reference,
+    prompt_ids: Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+) -> float:
+    """Monte Carlo KL(policy || reference) per answer, on answers *sampled from the policy*:
+    the mean over answers of sum_t (log pi(y_t) - log pi_ref(y_t)), in nats."""
+    total = 0.0
+    for start in range(0, len(answer_ids), batch_size):
+        batch = build_response_batch(
+            prompt_ids[start : start + batch_size], answer_ids[start : start + batch_size], pad_id
+        )
+        diff = response_logprobs(policy, batch.to(policy.device)) - response_logprobs(
+            reference, batch.to(reference.device)
+        ).to(policy.device)
+        total += diff.sum().item()
+    return total / len(answer_ids)
+
+
+@torch.no_grad()
+def perplexity(
+    model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8
+) -> float:
+    """exp(mean next-token NLL) over all tokens of plain texts: the alignment-tax measure."""
+    nll_sum, tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        encoded = [
+            tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+            for text in texts[start : start + batch_size]
+        ]
+        ids, mask = pad(encoded, tokenizer.pad_token_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target, keep = ids[:, 1:], mask[:, 1:].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        nll_sum += nll[keep].sum().item()
+        tokens += int(keep.sum())
+    return math.exp(nll_sum / tokens)

@@ -1,0 +1,79 @@
+import copy
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.rlhf.evaluation import (
+    WinRate,
+    kl_to_reference,
+    mean_reward,
+    perplexity,
+    reward_model_judge,
+    win_rate,
+)
+from services.rlhf.generation import SamplingConfig, generate
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.reward_model import score_answers
+
+PROMPT = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_win_rate_counts_ties_half():
+    def longer_wins(_prompt, a, b):
+        return 1.0 if len(a) > len(b) else 0.0 if len(a) < len(b) else 0.5
+
+    result = win_rate(
+        [PROMPT] * 4, ["aaa", "a", "aa", "aaaa"], ["a", "aaa", "aa", "a"], longer_wins
+    )
+    assert result == WinRate(wins=2, losses=1, ties=1)
+    assert result.rate == pytest.approx(2.5 / 4)
+    with pytest.raises(ValueError, match="one answer from each policy"):
+        win_rate([PROMPT], ["a"], [], longer_wins)
+
+
+def test_reward_model_judge_and_mean_reward_agree_with_scores(tiny_model_dir, tokenizer):
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir).eval()
+    answers = ["blue sky", "a long walk in the park", "no"]
+    scores = score_answers(rm, tokenizer, [(PROMPT, a) for a in answers])
+    judge = reward_model_judge(rm, tokenizer)
+    assert judge(PROMPT, answers[0], answers[1]) == (1.0 if scores[0] > scores[1] else 0.0)
+    assert judge(PROMPT, answers[2], answers[2]) == 0.5
+    assert mean_reward(rm, tokenizer, [PROMPT] * 3, answers) == pytest.approx(sum(scores) / 3)
+
+
+def test_kl_to_reference_is_zero_for_itself_and_positive_for_a_changed_policy(
+    tiny_model_dir, tokenizer
+):
+    torch.manual_seed(0)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(3.0)  # sharper distribution: a real divergence
+    rollout = generate(policy, tokenizer, [PROMPT] * 24, SamplingConfig(max_new_tokens=8))
+    args = (rollout.prompt_ids, rollout.answer_ids, tokenizer.pad_token_id)
+    assert kl_to_reference(reference, reference, *args) == pytest.approx(0.0, abs=1e-5)
+    assert kl_to_reference(policy, reference, *args) > 0.1
+
+
+def test_perplexity_matches_the_models_own_loss(tiny_model_dir, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = math.exp(model(input_ids=ids, labels=ids).loss.item())
+    assert perplexity(model, tokenizer, [text]) == pytest.approx(expected, rel=1e-4)
+    # Batching with a shorter (padded) text: the mean is over real tokens only.
+    short = "Hi there"
+    short_ids = tokenizer(short, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        short_loss = model(input_ids=short_ids, labels=short_ids).loss.item()
+    n_long, n_short = ids.shape[1] - 1, short_ids.shape[1] - 1
+    pooled = (math.log(expected) * n_long + short_loss * n_short) / (n_long + n_short)
+    assert perplexity(model, tokenizer, [text, short]) == pytest.approx(math.exp(pooled), rel=1e-4)
