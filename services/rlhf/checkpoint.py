@@ -1,0 +1,96 @@
+"""Training checkpoints that a killed run resumes from, reaching the same parameters.
+
+A checkpoint holds everything that decides what happens next: the trainable
+modules' weights, optimizer and scheduler states, every RNG (python, torch CPU
+and CUDA), the step counters and any extra state (a KL controller, the data
+position), and the config that produced it. It is written to a temporary folder
+and renamed into place, so a kill during the write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "training_state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    folder: Path | str,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, Any],
+    extra: dict[str, Any],
+) -> None:
+    """Atomically replace ``folder`` with the current training state.
+
+    ``optimizers`` maps names to anything with ``state_dict()`` (optimizers,
+    schedulers, KL controllers); ``extra`` holds plain values (counters, config).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    state = {
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "stateful": {name: o.state_dict() for name, o in optimizers.items()},
+        "rng": rng_state(),
+        "extra": extra,
+    }
+    with (tmp / STATE_FILE).open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    # Two renames: the old checkpoint is kept until the new one is in place.
+    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.old")
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    folder: Path | str,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Restore the state saved by :func:`save_checkpoint` in place; returns ``extra``.
+
+    None when there is no checkpoint. A crash between the two renames of a save
+    leaves only the ``.old`` copy, which is picked up here.
+    """
+    folder = Path(folder)
+    if not (folder / STATE_FILE).is_file():
+        leftovers = (
+            sorted(folder.parent.glob(f".{folder.name}.*.old")) if folder.parent.is_dir() else []
+        )
+        if not leftovers:
+            return None
+        os.rename(leftovers[-1], folder)
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    for name, stateful in optimizers.items():
+        stateful.load_state_dict(state["stateful"][name])
+    restore_rng(state["rng"])
+    return state["extra"]
