@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def save_checkpoint(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per checkpoint folder: leftovers of a save that was killed can go.
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()
     state = {
@@ -69,15 +73,26 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def read_extra(folder: Path | str) -> dict[str, Any] | None:
+    """The ``extra`` of a checkpoint (counters, config) without restoring anything."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)["extra"]
+
+
 def load_checkpoint(
     folder: Path | str,
     modules: dict[str, torch.nn.Module],
     optimizers: dict[str, Any],
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | None:
     """Restore the state saved by :func:`save_checkpoint` in place; returns ``extra``.
 
-    None when there is no checkpoint. A crash between the two renames of a save
-    leaves only the ``.old`` copy, which is picked up here.
+    None when there is no checkpoint. ``check(extra)`` runs before anything is
+    restored and may raise to refuse the checkpoint (a different config or data
+    set). A crash between the two renames of a save leaves only the ``.old``
+    copy, which is picked up here.
     """
     folder = Path(folder)
     if not (folder / STATE_FILE).is_file():
@@ -88,6 +103,8 @@ def load_checkpoint(
             return None
         os.rename(leftovers[-1], folder)
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    if check is not None:
+        check(state["extra"])
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
     for name, stateful in optimizers.items():

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from services.rlhf.config import option
 from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.schedule import cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,6 @@ def _collate(tokenizer, groups: Sequence[Comparison], max_length: int, device) -
     )
 
 
-def cosine_with_warmup(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
-    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
-    warmup = max(1, round(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup - 1))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return multiplier
-
-
 def train_reward_model(
     model: ScalarHeadModel,
     tokenizer,
@@ -162,7 +150,10 @@ def train_reward_model(
         model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, config.warmup_ratio, config.min_lr_ratio)
+        optimizer,
+        cosine_with_warmup(
+            total_steps, warmup_steps_for(config.warmup_ratio, total_steps), config.min_lr_ratio
+        ),
     )
     result = RewardResult(steps=0)
     pairs_done, started = 0, time.perf_counter()
