@@ -42,15 +42,30 @@ class ScalarHeadModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) scalar output at every position (the value function's view)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def values(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(batch, seq) scalar output at every position (the value function's view).
+
+        ``position_ids`` lets left-padded rows (PPO rollouts) start their positions at 0.
+        """
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         # The head runs in fp32: rewards are compared by small differences.
         return self.head(hidden.float()).squeeze(-1)
 
-    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def rewards(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(batch,) scalar at the last real token of each (right- or left-padded) row."""
-        values = self.values(input_ids, attention_mask)
+        values = self.values(input_ids, attention_mask, position_ids)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (positions * attention_mask).argmax(dim=1)
         return values[torch.arange(values.shape[0], device=values.device), last]

@@ -1,0 +1,483 @@
+"""PPO and PPO-ptx against a reward model: step 3 of the method (Ouyang et al., 2022).
+
+One iteration (:meth:`PPOTrainer.step`) on a batch of prompts:
+
+1. Rollout: sample one answer per prompt from the policy (KV-cached, temperature 1).
+2. Score: the reward model's scalar at the last token of prompt + answer.
+3. Freeze the targets: the policy's and the reference's log-probabilities of the
+   answer tokens, the value model's predictions before each answer token, the
+   per-token rewards ``-beta * (log pi - log pi_ref)`` plus the score on the last
+   token, then GAE advantages (whitened) and returns.
+4. Learn: ``ppo_epochs`` passes over shuffled minibatches; the policy minimises the
+   clipped surrogate (+ ``ptx_coef`` times the language-modelling loss on plain
+   pretraining texts for PPO-ptx), the value model the clipped value loss; each
+   has its own Adam optimizer and gradient clipping.
+5. Feed the measured KL (sum over an answer's tokens, mean over answers) to the KL
+   controller, which sets beta for the next iteration.
+
+Every model stays in eval mode (dropout off): the first minibatch's probability
+ratio must be exactly 1, or the clip would act on dropout noise instead of on
+policy change.
+
+Reproducibility: the prompts of iteration i and every random draw inside it
+(sampling, minibatch order, ptx texts) are functions of ``(seed, i)`` only, so a run
+resumed from a checkpoint reaches the same weights as an uninterrupted one.
+
+Not done here (deliberately, to keep the trainer small): LoRA adapters (TODO), the
+paper's EMA of the policy weights (0.992), score normalisation, and trimming the
+shared padding of each minibatch (every minibatch keeps the rollout's full width).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
+from services.rlhf.config import option, to_dict
+from services.rlhf.generation import SamplingConfig, generate
+from services.rlhf.ppo_math import (
+    IGNORE_INDEX,
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_penalised_rewards,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    ptx_loss,
+    value_loss,
+)
+from services.rlhf.sequences import ResponseBatch, build_response_batch, response_logprobs
+from services.rlhf.tokenization import Message, pad
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint"
+# Config fields that do not change what a run computes; they may differ on resume.
+_RESUME_NEUTRAL_FIELDS = {"checkpoint_every"}
+
+
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=64, do_sample=True, temperature=1.0)
+
+
+@dataclass
+class PPOConfig:
+    policy_lr: float = option(
+        1e-6,
+        "Policy Adam learning rate. The paper used ~1e-5 scale and saw runs above 8e-6 diverge "
+        "without ptx; small models on CPU may need more.",
+    )
+    value_lr: float = option(9e-6, "Value model Adam learning rate (the paper: 9e-6).")
+    adam_betas: tuple[float, float] = option((0.9, 0.95), "Adam beta1, beta2 (the paper).")
+    rollout_batch_size: int = option(
+        16, "Prompts (episodes) per iteration. The paper: 512; small for CPU."
+    )
+    minibatch_size: int = option(
+        8, "Episodes per optimizer step; also the chunk size of rollout passes. The paper: 64."
+    )
+    ppo_epochs: int = option(1, "Passes over each rollout batch (the paper: 1).")
+    clip_range: float = option(0.2, "Policy ratio clip epsilon (the paper: 0.2).")
+    clip_range_value: float = option(0.2, "How far a value may move from its rollout value.")
+    gamma: float = option(1.0, "Discount; the paper uses none (1.0).")
+    lam: float = option(0.95, "GAE lambda.")
+    kl_beta: float = option(0.02, "KL penalty coefficient beta (initial if adaptive). Paper: 0.02.")
+    adaptive_kl: bool = option(False, "Adapt beta towards kl_target (Ziegler et al.); paper: no.")
+    kl_target: float = option(6.0, "Target KL per answer in nats (adaptive_kl only).")
+    kl_horizon: int = option(10000, "Episodes over which beta adapts (adaptive_kl only).")
+    ptx_coef: float = option(
+        0.0,
+        "PPO-ptx gamma: weight of the pretraining LM loss; 0 disables it. The paper: 27.8 "
+        "(DeepSpeed-Chat found that unstable).",
+    )
+    ptx_batch_size: int = option(
+        8,
+        "Pretraining texts per optimizer step. The paper used 8x as many pretraining examples "
+        "as RL episodes.",
+    )
+    ptx_max_length: int = option(256, "Pretraining texts are cut to this many tokens.")
+    max_grad_norm: float = option(1.0, "Gradient norm clip, applied to policy and value apart.")
+    whiten_advantages: bool = option(True, "Normalise advantages over the batch (mean 0, std 1).")
+    sampling: SamplingConfig = dataclasses.field(
+        default_factory=_default_sampling,
+        metadata={"help": "Rollout sampling (keep do_sample=True, temperature 1 as the paper)."},
+    )
+    seed: int = option(0, "Seeds prompt order and all sampling; with the iteration it fixes a run.")
+    checkpoint_every: int = option(10, "Write a checkpoint every this many iterations.")
+
+    def __post_init__(self) -> None:
+        # from_dict (checkpoints, manifests) hands the nested config back as a plain dict.
+        if isinstance(self.sampling, dict):
+            self.sampling = SamplingConfig(**self.sampling)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.rollout_batch_size < 1 or self.minibatch_size < 1 or self.ppo_epochs < 1:
+            raise ValueError("batch sizes and ppo_epochs must be positive")
+
+
+def _derived_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from parts (Python's hash() of str is salted per process)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _device(module: torch.nn.Module, fallback: torch.device | None = None) -> torch.device:
+    """Where a module's weights live; ``fallback`` for one without weights (a rule-based RM)."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else (fallback or torch.device("cpu"))
+
+
+def _rows(batch: ResponseBatch, idx: torch.Tensor) -> ResponseBatch:
+    return ResponseBatch(
+        batch.input_ids[idx],
+        batch.attention_mask[idx],
+        batch.position_ids[idx],
+        batch.response_mask[idx],
+        batch.prompt_width,
+    )
+
+
+def _scores(reward_model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
+    return reward_model.rewards(batch.input_ids, batch.attention_mask, batch.position_ids)
+
+
+def _values(value_model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
+    """(B, T) value of the state *before* each answer token, 0 on padding.
+
+    Same alignment as :func:`response_logprobs`: column P + t - 1 has seen the prompt
+    and answer tokens < t, which is the state in which token t is chosen.
+    """
+    values = value_model.values(batch.input_ids, batch.attention_mask, batch.position_ids)
+    return values[:, batch.prompt_width - 1 : -1] * batch.response_mask
+
+
+class PPOTrainer:
+    """Trains ``policy`` to maximise ``reward_model``'s score while staying close to ``reference``.
+
+    ``reference`` is a frozen copy of the starting (SFT) policy; ``reward_model`` is
+    frozen; ``value_model`` (a :class:`~services.rlhf.heads.ScalarHeadModel`) is trained
+    and, as in the paper, should start as a copy of the reward model: pass None to
+    get ``copy.deepcopy(reward_model)``. Any reward module with
+    ``rewards(input_ids, attention_mask, position_ids)`` -> (batch,) works.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        reference: torch.nn.Module,
+        value_model: torch.nn.Module | None,
+        reward_model: torch.nn.Module,
+        tokenizer,
+        config: PPOConfig,
+        ptx_texts: Sequence[str] | None = None,
+        checkpoint_dir: Path | str | None = None,
+    ) -> None:
+        if config.ptx_coef > 0 and not ptx_texts:
+            raise ValueError("ptx_coef > 0 needs ptx_texts")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.policy = policy.eval()
+        self.reference = reference.eval().requires_grad_(False)
+        self.reward_model = reward_model.eval().requires_grad_(False)
+        if value_model is None:
+            value_model = copy.deepcopy(reward_model)
+        self.value_model = value_model.eval().requires_grad_(True)
+        self.policy.requires_grad_(True)
+        self.policy_optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=config.policy_lr, betas=config.adam_betas
+        )
+        self.value_optimizer = torch.optim.Adam(
+            self.value_model.parameters(), lr=config.value_lr, betas=config.adam_betas
+        )
+        self.kl_controller: FixedKLController | AdaptiveKLController = (
+            AdaptiveKLController(config.kl_beta, config.kl_target, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_beta)
+        )
+        # Pretraining texts are tokenised once, as plain text (no chat template).
+        self.ptx_ids: list[list[int]] = [
+            tokenizer(t, truncation=True, max_length=config.ptx_max_length)["input_ids"]
+            for t in (ptx_texts or [])
+        ]
+        self.ptx_ids = [ids for ids in self.ptx_ids if len(ids) >= 2]
+        if config.ptx_coef > 0 and not self.ptx_ids:
+            raise ValueError("ptx_texts hold no text of at least 2 tokens")
+        self.checkpoint_path = (
+            Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        )
+        self.iteration = 0  # iterations completed (restored from a checkpoint by train)
+
+    # ----- one iteration --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _rollout(self, prompts: Sequence[Sequence[Message]]) -> dict[str, Any]:
+        """Sample answers and freeze everything the PPO epochs optimise against."""
+        cfg, device = self.config, _device(self.policy)
+        rollout = generate(
+            self.policy, self.tokenizer, prompts, cfg.sampling, batch_size=cfg.minibatch_size
+        )
+        # One layout for the whole batch: every per-token tensor below is (B, T).
+        batch = build_response_batch(
+            rollout.prompt_ids, rollout.answer_ids, self.tokenizer.pad_token_id
+        ).to(device)
+        parts: dict[str, list[torch.Tensor]] = {"logp": [], "ref": [], "values": [], "scores": []}
+        for start in range(0, len(prompts), cfg.minibatch_size):
+            chunk = _rows(batch, torch.arange(start, min(start + cfg.minibatch_size, len(prompts))))
+            parts["logp"].append(response_logprobs(self.policy, chunk))
+            ref_chunk = chunk.to(_device(self.reference))
+            parts["ref"].append(response_logprobs(self.reference, ref_chunk).to(device))
+            parts["values"].append(_values(self.value_model, chunk.to(_device(self.value_model))))
+            rm_chunk = chunk.to(_device(self.reward_model, device))
+            parts["scores"].append(_scores(self.reward_model, rm_chunk).float().to(device))
+        logp, ref, values, scores = (
+            torch.cat(parts[k]) for k in ("logp", "ref", "values", "scores")
+        )
+        values = values.to(device)
+        mask = batch.response_mask
+        beta = self.kl_controller.value
+        # Rewards are built from the rollout-time log-probs, so the KL penalty is a fixed
+        # part of the return for this iteration (it is not differentiated through).
+        rewards, kl = kl_penalised_rewards(scores, logp, ref, mask, beta)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return {
+            "batch": batch,
+            "logprobs": logp,
+            "values": values,
+            "advantages": advantages,
+            "returns": returns,
+            "scores": scores,
+            "kl": kl,
+            "beta": beta,
+        }
+
+    def _ptx_batch(
+        self, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        picks = torch.randint(len(self.ptx_ids), (self.config.ptx_batch_size,), generator=generator)
+        ids, mask = pad([self.ptx_ids[i] for i in picks.tolist()], self.tokenizer.pad_token_id)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        device = _device(self.policy)
+        return ids.to(device), mask.to(device), labels.to(device)
+
+    def step(
+        self, prompts: Sequence[Sequence[Message]], seed: int | None = None
+    ) -> dict[str, float]:
+        """One PPO iteration on ``prompts`` (one episode each); returns its statistics.
+
+        With ``seed`` the torch RNG (sampling) and the minibatch/ptx draws are seeded
+        from it, which makes the iteration reproducible. Stats: ``score`` (mean RM score),
+        ``kl`` (per answer: sum over tokens, mean over answers, nats), ``reward`` (score minus
+        beta * kl), ``beta`` (used this iteration), ``policy_loss``, ``value_loss``,
+        ``policy_clip_fraction``, ``value_clip_fraction``, ``approx_kl`` (old vs new policy),
+        ``ptx_loss`` (0 without ptx), ``answer_length``, ``episodes_per_s``, ``seconds``.
+        """
+        cfg = self.config
+        start_time = time.perf_counter()
+        if seed is not None:
+            torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(
+            seed if seed is not None else int(torch.randint(2**62, (1,)))
+        )
+        r = self._rollout(prompts)
+        batch, mask = r["batch"], r["batch"].response_mask
+        use_ptx = cfg.ptx_coef > 0
+
+        sums: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(prompts), generator=generator)
+            for begin in range(0, len(prompts), cfg.minibatch_size):
+                idx = order[begin : begin + cfg.minibatch_size].to(mask.device)
+                sub, sub_mask = _rows(batch, idx), mask[idx]
+
+                logp = response_logprobs(self.policy, sub)
+                p_loss, p_stats = policy_loss(
+                    logp, r["logprobs"][idx], r["advantages"][idx], sub_mask, cfg.clip_range
+                )
+                loss = p_loss
+                if use_ptx:
+                    ids, ptx_mask, labels = self._ptx_batch(generator)
+                    logits = self.policy(input_ids=ids, attention_mask=ptx_mask).logits
+                    lm_loss = ptx_loss(logits, labels)
+                    loss = loss + cfg.ptx_coef * lm_loss
+                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lm_loss.item()
+                self.policy_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.policy_optimizer.step()
+
+                vm_device = _device(self.value_model)
+                values = _values(self.value_model, sub.to(vm_device)).to(mask.device)
+                v_loss, v_stats = value_loss(
+                    values, r["values"][idx], r["returns"][idx], sub_mask, cfg.clip_range_value
+                )
+                self.value_optimizer.zero_grad(set_to_none=True)
+                v_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
+                self.value_optimizer.step()
+
+                for name, value in (
+                    ("policy_loss", p_loss),
+                    ("policy_clip_fraction", p_stats["clip_fraction"]),
+                    ("approx_kl", p_stats["approx_kl"]),
+                    ("value_loss", v_loss),
+                    ("value_clip_fraction", v_stats["clip_fraction"]),
+                ):
+                    sums[name] = sums.get(name, 0.0) + value.item()
+                n_updates += 1
+
+        # The episode's KL: sum over its tokens; the controller sees the batch mean.
+        kl_per_episode = r["kl"].sum(dim=1)
+        mean_kl = kl_per_episode.mean().item()
+        self.kl_controller.update(mean_kl, n_steps=len(prompts))
+        elapsed = time.perf_counter() - start_time
+        stats = {name: total / n_updates for name, total in sums.items()}
+        stats.update(
+            score=r["scores"].mean().item(),
+            kl=mean_kl,
+            reward=(r["scores"] - r["beta"] * kl_per_episode).mean().item(),
+            beta=r["beta"],
+            answer_length=mask.sum(dim=1).mean().item(),
+            advantage_mean=masked_mean(r["advantages"], mask).item(),
+            episodes_per_s=len(prompts) / elapsed,
+            seconds=elapsed,
+        )
+        if not use_ptx:
+            stats["ptx_loss"] = 0.0
+        return stats
+
+    # ----- the loop ---------------------------------------------------------------------------
+
+    def _prompt_batches(
+        self, prompts: Sequence[Sequence[Message]] | Iterable[Sequence[Message]], skip: int
+    ) -> Iterator[list[Sequence[Message]]]:
+        """Batches from iteration ``skip`` on.
+
+        A list is reshuffled every epoch by ``(seed, epoch)``, so batch i is the same
+        whether or not the run was resumed. A plain iterable is read in order and the
+        first ``skip`` batches are consumed and dropped (it must replay the same stream).
+        """
+        size = self.config.rollout_batch_size
+        if isinstance(prompts, Sequence):
+            if not prompts:
+                raise ValueError("no prompts")
+            n, orders = len(prompts), {}
+            for iteration in itertools.count(skip):
+                picks = []
+                for position in range(iteration * size, (iteration + 1) * size):
+                    epoch = position // n
+                    if epoch not in orders:
+                        orders = {epoch: list(range(n))}  # keep only the current epoch's order
+                        random.Random(_derived_seed(self.config.seed, "epoch", epoch)).shuffle(
+                            orders[epoch]
+                        )
+                    picks.append(prompts[orders[epoch][position % n]])
+                yield picks
+        else:
+            stream = iter(prompts)
+            for _ in itertools.islice(stream, skip * size):
+                pass
+            while batch := list(itertools.islice(stream, size)):
+                yield batch
+
+    def _stateful(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+        modules = {"policy": self.policy, "value_model": self.value_model}
+        states = {
+            "policy_optimizer": self.policy_optimizer,
+            "value_optimizer": self.value_optimizer,
+            "kl_controller": self.kl_controller,
+        }
+        return modules, states
+
+    def _resumable_config(self) -> dict[str, Any]:
+        config = to_dict(self.config)
+        config["adam_betas"] = list(config["adam_betas"])  # tuples and lists compare unequal
+        return {k: v for k, v in config.items() if k not in _RESUME_NEUTRAL_FIELDS}
+
+    def save(self) -> None:
+        if self.checkpoint_path is None:
+            raise ValueError("no checkpoint_dir was given")
+        modules, states = self._stateful()
+        extra = {
+            "iteration": self.iteration,
+            "prompts_consumed": self.iteration * self.config.rollout_batch_size,
+            "config": self._resumable_config(),
+        }
+        save_checkpoint(self.checkpoint_path, modules, states, extra)
+
+    def load(self) -> bool:
+        """Restore the latest checkpoint, if there is one; True when restored."""
+        if self.checkpoint_path is None:
+            return False
+        modules, states = self._stateful()
+
+        def same_config(extra: dict[str, Any]) -> None:
+            # Refuse before anything is restored, so a refused trainer is left untouched.
+            if extra["config"] != self._resumable_config():
+                raise ValueError("the checkpoint was written with a different PPOConfig")
+
+        extra = load_checkpoint(self.checkpoint_path, modules, states, check=same_config)
+        if extra is None:
+            return False
+        self.iteration = int(extra["iteration"])
+        return True
+
+    def train(
+        self,
+        prompts: Sequence[Sequence[Message]] | Iterable[Sequence[Message]],
+        iterations: int,
+        progress: bool = True,
+    ) -> list[dict[str, float]]:
+        """Run until ``iterations`` iterations are done in total, resuming from the checkpoint.
+
+        Returns the statistics of the iterations run by this call.
+        """
+        if self.load():
+            log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+        history: list[dict[str, float]] = []
+        batches = self._prompt_batches(prompts, skip=self.iteration)
+        bar = tqdm(
+            total=iterations, initial=self.iteration, disable=not progress, desc="ppo", unit="it"
+        )
+        try:
+            while self.iteration < iterations:
+                batch = next(batches, None)
+                if batch is None:
+                    log.info("prompt stream ended after %d iterations", self.iteration)
+                    break
+                stats = self.step(batch, seed=_derived_seed(self.config.seed, self.iteration))
+                self.iteration += 1
+                history.append(stats)
+                log.info(
+                    "ppo iteration %d: score %.4f, kl %.4f nats, beta %.4g, policy loss %.4f, "
+                    "value loss %.4f, %.2f episodes/s",
+                    self.iteration,
+                    stats["score"],
+                    stats["kl"],
+                    stats["beta"],
+                    stats["policy_loss"],
+                    stats["value_loss"],
+                    stats["episodes_per_s"],
+                )
+                bar.update(1)
+                bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+                due = self.iteration % self.config.checkpoint_every == 0
+                if self.checkpoint_path is not None and (due or self.iteration == iterations):
+                    self.save()
+        finally:
+            bar.close()
+        return history
