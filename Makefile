@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow lint format proto proto-check lock demo clean
+.PHONY: install install-bench test test-slow lint format proto proto-check lock demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: $(STAMP)
+
+# The peers the benchmarks compare against (TRL); kept out of the services' dependencies.
+install-bench: install
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 
 # Lint, the proto check, then the default suite with the servers it needs started
 # (and stopped again, even when a test fails).
