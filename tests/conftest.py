@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from services.common.base_model import find_base_gguf
 from services.common.registry import ModelRegistry
 
+REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 
 
@@ -86,3 +89,20 @@ def redis_url() -> str:
     finally:
         client.close()
     return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory) -> Path:
+    """The real base model converted by `flywheel models init` (about 25 s, once a session)."""
+    store = tmp_path_factory.mktemp("real-store")
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "models", "init"],
+        cwd=REPO,
+        env={"FLYWHEEL_MODEL_STORE": str(store), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "created policy/v0 (promoted)" in result.stdout
+    return store

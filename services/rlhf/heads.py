@@ -52,11 +52,16 @@ class ScalarHeadModel(nn.Module):
 
         ``position_ids`` lets left-padded rows (PPO rollouts) start their positions at 0.
         """
+        # No KV cache: a scoring pass is never continued, and building one costs memory.
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
-        # The head runs in fp32: rewards are compared by small differences.
-        return self.head(hidden.float()).squeeze(-1)
+        # The head runs in fp32 (also under autocast): rewards are compared by small differences.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float()).squeeze(-1)
 
     def rewards(
         self,

@@ -4,10 +4,11 @@ One iteration (:meth:`PPOTrainer.step`) on a batch of prompts:
 
 1. Rollout: sample one answer per prompt from the policy (KV-cached, temperature 1).
 2. Score: the reward model's scalar at the last token of prompt + answer.
-3. Freeze the targets: the policy's and the reference's log-probabilities of the
-   answer tokens, the value model's predictions before each answer token, the
-   per-token rewards ``-beta * (log pi - log pi_ref)`` plus the score on the last
-   token, then GAE advantages (whitened) and returns.
+3. Freeze the targets: the policy's log-probabilities of the answer tokens (read
+   off the generation pass, so no second policy forward), the reference's, the
+   value model's predictions before each answer token, the per-token rewards
+   ``-beta * (log pi - log pi_ref)`` plus the score on the last token, then GAE
+   advantages (whitened) and returns.
 4. Learn: ``ppo_epochs`` passes over shuffled minibatches; the policy minimises the
    clipped surrogate (+ ``ptx_coef`` times the language-modelling loss on plain
    pretraining texts for PPO-ptx), the value model the clipped value loss; each
@@ -225,25 +226,32 @@ class PPOTrainer:
     def _rollout(self, prompts: Sequence[Sequence[Message]]) -> dict[str, Any]:
         """Sample answers and freeze everything the PPO epochs optimise against."""
         cfg, device = self.config, _device(self.policy)
+        # The old log-probs come from the generation pass itself (no second policy forward).
         rollout = generate(
-            self.policy, self.tokenizer, prompts, cfg.sampling, batch_size=cfg.minibatch_size
+            self.policy,
+            self.tokenizer,
+            prompts,
+            cfg.sampling,
+            batch_size=cfg.minibatch_size,
+            with_logprobs=True,
         )
         # One layout for the whole batch: every per-token tensor below is (B, T).
         batch = build_response_batch(
             rollout.prompt_ids, rollout.answer_ids, self.tokenizer.pad_token_id
         ).to(device)
-        parts: dict[str, list[torch.Tensor]] = {"logp": [], "ref": [], "values": [], "scores": []}
+        width = batch.response_mask.shape[1]
+        logp = torch.tensor(
+            [row + [0.0] * (width - len(row)) for row in rollout.logprobs], device=device
+        )
+        parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "scores": []}
         for start in range(0, len(prompts), cfg.minibatch_size):
             chunk = _rows(batch, torch.arange(start, min(start + cfg.minibatch_size, len(prompts))))
-            parts["logp"].append(response_logprobs(self.policy, chunk))
             ref_chunk = chunk.to(_device(self.reference))
             parts["ref"].append(response_logprobs(self.reference, ref_chunk).to(device))
             parts["values"].append(_values(self.value_model, chunk.to(_device(self.value_model))))
             rm_chunk = chunk.to(_device(self.reward_model, device))
             parts["scores"].append(_scores(self.reward_model, rm_chunk).float().to(device))
-        logp, ref, values, scores = (
-            torch.cat(parts[k]) for k in ("logp", "ref", "values", "scores")
-        )
+        ref, values, scores = (torch.cat(parts[k]) for k in ("ref", "values", "scores"))
         values = values.to(device)
         mask = batch.response_mask
         beta = self.kl_controller.value

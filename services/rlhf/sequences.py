@@ -60,11 +60,15 @@ def build_response_batch(
 
 def response_logprobs(model, batch: ResponseBatch) -> torch.Tensor:
     """(B, T) log pi(answer token t | prompt, answer tokens < t); 0 on padding."""
+    answer_width = batch.response_ids.shape[1]
+    # The logit at column c predicts the token at c + 1: answer token t is predicted at
+    # P + t - 1. Only those T columns (+ the last, dropped) go through the unembedding: over
+    # a 49k vocabulary it is the costliest layer, and prompt columns would be thrown away.
     logits = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
+        logits_to_keep=answer_width + 1,
+        use_cache=False,
     ).logits
-    # The logit at column c predicts the token at c + 1: answer token t is predicted at P + t - 1.
-    scored = logits[:, batch.prompt_width - 1 : -1]
-    return logprobs_from_logits(scored, batch.response_ids) * batch.response_mask
+    return logprobs_from_logits(logits[:, :-1], batch.response_ids) * batch.response_mask

@@ -29,16 +29,6 @@ def test_missing_base_model_package_says_how_to_install(monkeypatch):
         base_model.find_base_gguf()
 
 
-@pytest.fixture(scope="module")
-def real_store(tmp_path_factory) -> Path:
-    """The real base model converted by `flywheel models init` (about 25 s, once per module)."""
-    store = tmp_path_factory.mktemp("real-store")
-    result = flywheel(store, "init")
-    assert result.returncode == 0, result.stderr
-    assert "created policy/v0 (promoted)" in result.stdout
-    return store
-
-
 def test_models_init_then_list_shows_v0(real_store):
     listing = flywheel(real_store, "list")
     assert listing.returncode == 0, listing.stderr

@@ -43,3 +43,14 @@ def test_backbone_comes_from_the_policy_checkpoint(tiny_model_dir):
     assert torch.equal(
         model.backbone.layers[1].mlp.up_proj.weight, policy.model.layers[1].mlp.up_proj.weight
     )
+
+
+def test_head_stays_fp32_under_bf16_autocast(tiny_model_dir):
+    model = ScalarHeadModel.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rewards = model.rewards(ids, torch.ones_like(ids))
+    with torch.no_grad():
+        exact = model.rewards(ids, torch.ones_like(ids))
+    assert rewards.dtype == torch.float32
+    assert torch.allclose(rewards, exact, atol=0.05)  # bf16 backbone, fp32 head

@@ -68,3 +68,18 @@ def test_sampling_is_reproducible_with_a_seed_and_stops_at_end_of_turn(tiny):
     for answer in first.answer_ids:
         assert eos not in answer[:-1]  # nothing after the end of the turn
         assert len(answer) <= 30
+
+
+def test_generation_logprobs_equal_a_scoring_pass(tiny):
+    """PPO's old log-probs come from generation; they must be what a forward pass gives."""
+    model, tokenizer = tiny
+    torch.manual_seed(3)
+    config = SamplingConfig(do_sample=True, max_new_tokens=10, temperature=1.0)
+    rollout = generate(model, tokenizer, PROMPTS * 2, config, with_logprobs=True)
+    batch = build_response_batch(rollout.prompt_ids, rollout.answer_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        scored = response_logprobs(model, batch)
+    for row, logprobs in enumerate(rollout.logprobs):
+        assert len(logprobs) == len(rollout.answer_ids[row])
+        assert torch.allclose(torch.tensor(logprobs), scored[row, : len(logprobs)], atol=1e-4)
+    assert generate(model, tokenizer, PROMPTS, config).logprobs is None
