@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
+from services.rlhf.optim import adamw
 from services.rlhf.ppo_math import (
     IGNORE_INDEX,
     AdaptiveKLController,
@@ -196,11 +197,9 @@ class PPOTrainer:
             value_model = copy.deepcopy(reward_model)
         self.value_model = value_model.eval().requires_grad_(True)
         self.policy.requires_grad_(True)
-        self.policy_optimizer = torch.optim.Adam(
-            self.policy.parameters(), lr=config.policy_lr, betas=config.adam_betas
-        )
-        self.value_optimizer = torch.optim.Adam(
-            self.value_model.parameters(), lr=config.value_lr, betas=config.adam_betas
+        self.policy_optimizer = adamw(self.policy.parameters(), config.policy_lr, config.adam_betas)
+        self.value_optimizer = adamw(
+            self.value_model.parameters(), config.value_lr, config.adam_betas
         )
         self.kl_controller: FixedKLController | AdaptiveKLController = (
             AdaptiveKLController(config.kl_beta, config.kl_target, config.kl_horizon)

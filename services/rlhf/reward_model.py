@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from services.rlhf.config import option
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.schedule import cosine_with_warmup, warmup_steps_for
+from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def train_reward_model(
         raise ValueError("no comparison has a pair to learn from (all ties?)")
     steps_per_epoch = math.ceil(len(usable) / config.prompts_per_batch)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
-    )
+    optimizer = adamw(model.parameters(), config.lr, config.adam_betas, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         cosine_with_warmup(

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
 from services.rlhf.config import option, to_dict
-from services.rlhf.schedule import cosine_with_warmup, warmup_steps_for
+from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -225,12 +225,7 @@ def train_sft(
     total_steps = steps_per_epoch * config.epochs
     fingerprint = _fingerprint(demos)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.lr,
-        betas=tuple(config.adam_betas),
-        weight_decay=config.weight_decay,
-    )
+    optimizer = adamw(model.parameters(), config.lr, config.adam_betas, config.weight_decay)
     warmup = warmup_steps_for(config.warmup_ratio, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, warmup, config.min_lr_ratio)

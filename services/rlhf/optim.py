@@ -1,13 +1,36 @@
-"""The learning-rate schedule every trainer here uses: linear warm-up, then cosine decay.
+"""The optimizer and learning-rate schedule every trainer here uses.
 
-The paper decays its RM's learning rate with a cosine to 10% of the peak; SFT
-and PPO use the same shape so that one function, tested once, serves all.
+AdamW with the fused kernel where torch has one for the parameters' device (CPU
+and CUDA): one kernel per step instead of a loop of small ones, measured 0.1 s
+against 0.3-0.6 s a step for the 135M model on 2 CPU cores. The schedule is a
+linear warm-up, then a cosine decay: the paper decays its RM's learning rate to
+10% of the peak; SFT and PPO use the same shape.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+def adamw(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float = 0.0,
+) -> torch.optim.AdamW:
+    """AdamW (plain Adam when ``weight_decay`` is 0), fused when the device allows."""
+    params = [p for p in params if p.requires_grad]
+    device = params[0].device.type if params else "cpu"
+    return torch.optim.AdamW(
+        params,
+        lr=lr,
+        betas=tuple(betas),
+        weight_decay=weight_decay,
+        fused=device in ("cpu", "cuda"),
+    )
 
 
 def warmup_steps_for(warmup_ratio: float, total_steps: int) -> int:

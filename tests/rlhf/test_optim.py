@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from services.rlhf.schedule import cosine_with_warmup, warmup_steps_for
+from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 
 
 def test_warms_up_to_lr_and_decays_to_min_ratio():
@@ -24,3 +24,11 @@ def test_warmup_steps_for_a_ratio():
     assert warmup_steps_for(0.05, 100) == 5
     assert warmup_steps_for(0.01, 10) == 1  # a positive ratio always warms up a little
     assert warmup_steps_for(2.0, 10) == 10
+
+
+def test_adamw_is_fused_on_cpu_and_skips_frozen_parameters():
+    trained, frozen = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).requires_grad_(False)
+    optimizer = adamw([*trained.parameters(), *frozen.parameters()], 1e-3, (0.9, 0.95))
+    assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["betas"] == (0.9, 0.95)
+    assert len(optimizer.param_groups[0]["params"]) == 2
