@@ -10,6 +10,8 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -111,3 +113,36 @@ def load_checkpoint(
         stateful.load_state_dict(state["stateful"][name])
     restore_rng(state["rng"])
     return state["extra"]
+
+
+# ----- what makes a resumed run equal an uninterrupted one -----------------------------------
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a function of (seed, epoch) only, so a resume replays it."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def fingerprint(data: Any) -> str:
+    """A stable hash of JSON-able training data, so a checkpoint is never resumed on other data."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def check_same_run(
+    saved: dict[str, Any], config: dict[str, Any], data_fingerprint: str, neutral: set[str]
+) -> None:
+    """Refuse a checkpoint made with another config (``neutral`` fields aside) or other data."""
+    # Through JSON so that tuples and lists (Adam betas) compare equal.
+    before = json.loads(json.dumps(saved["config"]))
+    current = json.loads(json.dumps(config))
+    differ = sorted(
+        k
+        for k in set(before) | set(current)
+        if k not in neutral and before.get(k) != current.get(k)
+    )
+    if differ:
+        raise ValueError(f"the checkpoint was made with a different config: {', '.join(differ)}")
+    if saved["data_fingerprint"] != data_fingerprint:
+        raise ValueError("the checkpoint was made on different training data")

@@ -12,21 +12,32 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from services.rlhf.config import option
+from services.rlhf.checkpoint import (
+    check_same_run,
+    epoch_order,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from services.rlhf.config import option, to_dict
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint"
+# Config fields that do not change what a run computes; they may differ on resume.
+_RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ class RewardConfig:
     )
     seed: int = option(0, "Seeds the data order.")
     log_every: int = option(10, "Log loss and rate every this many steps.")
+    checkpoint_every: int = option(
+        50, "Write a resumable checkpoint every this many steps (with a checkpoint folder)."
+    )
 
 
 @dataclass
@@ -86,7 +100,7 @@ class RewardResult:
     steps: int
     losses: list[float] = field(default_factory=list)
     comparisons_per_second: float = 0.0
-    bias_shift: float = 0.0
+    completed: bool = True
 
 
 def kwise_loss(
@@ -144,8 +158,18 @@ def train_reward_model(
     comparisons: Sequence[Comparison],
     config: RewardConfig,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    stop_after_steps: int | None = None,
 ) -> RewardResult:
-    """Train ``model`` in place on the comparisons with the K-wise loss."""
+    """Train ``model`` in place on the comparisons with the K-wise loss.
+
+    With ``checkpoint_dir``, a resumable checkpoint is written every
+    ``config.checkpoint_every`` steps, on stopping and at the end, and a run with
+    ``resume`` continues from it (same config and data), reaching the same weights as
+    an uninterrupted run. ``stop_after_steps`` ends the run early (time-boxed runs,
+    tests); the schedule still spans the whole run.
+    """
     usable = [c for c in comparisons if c.pairs]
     if not usable:
         raise ValueError("no comparison has a pair to learn from (all ties?)")
@@ -158,38 +182,76 @@ def train_reward_model(
             total_steps, warmup_steps_for(config.warmup_ratio, total_steps), config.min_lr_ratio
         ),
     )
+    data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
+    folder = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    saved = None
+    if folder is not None and resume:
+        saved = load_checkpoint(
+            folder,
+            {"model": model},
+            stateful,
+            check=lambda extra: check_same_run(
+                extra, to_dict(config), data_id, _RESUME_NEUTRAL_FIELDS
+            ),
+        )
     result = RewardResult(steps=0)
+    if saved is not None:
+        result.steps, result.losses = saved["step"], list(saved["losses"])
+        log.info("resuming reward model training at step %d of %d", result.steps, total_steps)
+
+    def checkpoint() -> None:
+        if folder is not None:
+            extra = {
+                "step": result.steps,
+                "losses": result.losses,
+                "config": to_dict(config),
+                "data_fingerprint": data_id,
+            }
+            save_checkpoint(folder, {"model": model}, stateful, extra)
+
+    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     pairs_done, started = 0, time.perf_counter()
     model.train()
-    bar = tqdm(total=total_steps, desc="reward model", disable=not progress, unit="step")
-    for epoch in range(config.epochs):
-        order = list(range(len(usable)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        for start in range(0, len(order), config.prompts_per_batch):
-            groups = [usable[i] for i in order[start : start + config.prompts_per_batch]]
-            batch = _collate(tokenizer, groups, config.max_length, model.device)
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                rewards = model.rewards(batch.input_ids, batch.attention_mask)
-            loss = kwise_loss(rewards, batch.pairs, batch.pair_group, batch.n_groups)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            result.steps += 1
-            result.losses.append(loss.item())
-            pairs_done += len(batch.pairs)
-            bar.update(1)
-            if result.steps % config.log_every == 0 or result.steps == total_steps:
-                rate = pairs_done / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss.item():.4f}", cmp_per_s=f"{rate:.1f}")
-                log.info(
-                    "reward model step",
-                    extra={"step": result.steps, "loss": loss.item(), "comparisons_per_s": rate},
-                )
+    bar = tqdm(total=total_steps, initial=result.steps, desc="reward model", disable=not progress)
+    saved_at = result.steps
+    while result.steps < end:
+        epoch, in_epoch = divmod(result.steps, steps_per_epoch)
+        order = epoch_order(len(usable), config.seed, epoch)
+        chosen = order[in_epoch * config.prompts_per_batch :][: config.prompts_per_batch]
+        batch = _collate(tokenizer, [usable[i] for i in chosen], config.max_length, model.device)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            rewards = model.rewards(batch.input_ids, batch.attention_mask)
+        loss = kwise_loss(rewards, batch.pairs, batch.pair_group, batch.n_groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        result.steps += 1
+        result.losses.append(loss.item())
+        pairs_done += len(batch.pairs)
+        bar.update(1)
+        if result.steps % config.log_every == 0 or result.steps == end:
+            rate = pairs_done / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", cmp_per_s=f"{rate:.1f}")
+            log.info(
+                "reward model step %d/%d loss %.4f comparisons/s %.1f",
+                result.steps,
+                total_steps,
+                loss.item(),
+                rate,
+                extra={"step": result.steps, "loss": loss.item(), "comparisons_per_s": rate},
+            )
+        if result.steps % config.checkpoint_every == 0:
+            checkpoint()
+            saved_at = result.steps
+    if saved_at != result.steps:
+        checkpoint()
     bar.close()
     model.eval()
-    result.comparisons_per_second = pairs_done / (time.perf_counter() - started)
+    result.completed = result.steps >= total_steps
+    result.comparisons_per_second = pairs_done / max(time.perf_counter() - started, 1e-9)
     return result
 
 

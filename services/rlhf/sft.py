@@ -28,22 +28,24 @@ resumed run skip exactly the batches already consumed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
+from services.rlhf.checkpoint import (
+    check_same_run,
+    epoch_order,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from services.rlhf.config import option, to_dict
 from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
@@ -158,37 +160,6 @@ def answer_logits(model, batch: SFTBatch) -> torch.Tensor:
     ).logits
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: depends on (seed, epoch) only, so a resume can replay it."""
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
-
-
-def _fingerprint(demos: Sequence[Demonstration]) -> str:
-    """Identifies the data set, so a checkpoint is never resumed on different demonstrations."""
-    payload = json.dumps([[list(d.messages), d.answer] for d in demos], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-# --- checkpoints -------------------------------------------------------------------------------
-
-
-def _check_compatible(saved: dict[str, Any], config: SFTConfig, fingerprint: str) -> None:
-    # Through JSON so that tuples and lists (adam_betas) compare equal.
-    before = json.loads(json.dumps(saved["config"]))
-    current = json.loads(json.dumps(to_dict(config)))
-    differ = sorted(
-        k
-        for k in set(before) | set(current)
-        if k not in _RESUME_NEUTRAL_FIELDS and before.get(k) != current.get(k)
-    )
-    if differ:
-        raise ValueError(f"the checkpoint was made with a different config: {', '.join(differ)}")
-    if saved["data_fingerprint"] != fingerprint:
-        raise ValueError("the checkpoint was made on different demonstrations")
-
-
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -223,7 +194,7 @@ def train_sft(
     examples_per_step = config.batch_size * config.grad_accum_steps
     steps_per_epoch = math.ceil(len(encoded) / examples_per_step)
     total_steps = steps_per_epoch * config.epochs
-    fingerprint = _fingerprint(demos)
+    data_id = fingerprint([[list(d.messages), d.answer] for d in demos])
 
     optimizer = adamw(model.parameters(), config.lr, config.adam_betas, config.weight_decay)
     warmup = warmup_steps_for(config.warmup_ratio, total_steps)
@@ -239,7 +210,9 @@ def train_sft(
             folder,
             {"model": model},
             stateful,
-            check=lambda extra: _check_compatible(extra, config, fingerprint),
+            check=lambda saved: check_same_run(
+                saved, to_dict(config), data_id, _RESUME_NEUTRAL_FIELDS
+            ),
         )
     step, losses, lrs = 0, [], []
     if saved is not None:
@@ -260,7 +233,7 @@ def train_sft(
             "losses": losses,
             "learning_rates": lrs,
             "config": to_dict(config),
-            "data_fingerprint": fingerprint,
+            "data_fingerprint": data_id,
         }
         save_checkpoint(folder, {"model": model}, stateful, state)
 

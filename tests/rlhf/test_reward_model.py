@@ -141,3 +141,34 @@ def test_learns_a_synthetic_preference_and_centres_on_references(tiny_model_dir,
     assert abs(sum(centred) / len(centred)) < 1e-4
     assert shift != 0.0
     assert pairwise_accuracy(model, tokenizer, heldout) == after  # a shift keeps every order
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tiny_model_dir, tokenizer, tmp_path):
+    data = synthetic_comparisons(24, seed=3)
+    config = RewardConfig(lr=1e-3, epochs=2, prompts_per_batch=4, max_length=64, seed=5)
+
+    def fresh() -> ScalarHeadModel:
+        torch.manual_seed(0)  # the same fresh head every time
+        return ScalarHeadModel.from_pretrained(tiny_model_dir)
+
+    straight = fresh()
+    full = train_reward_model(straight, tokenizer, data, config, progress=False)
+
+    first = train_reward_model(
+        fresh(), tokenizer, data, config, False, tmp_path, stop_after_steps=7
+    )
+    assert first.steps == 7 and not first.completed
+    torch.manual_seed(999)  # a new process would start from other RNG state
+    resumed_model = fresh()
+    resumed = train_reward_model(resumed_model, tokenizer, data, config, False, tmp_path)
+
+    assert resumed.steps == full.steps == 12 and resumed.completed
+    assert resumed.losses == pytest.approx(full.losses, abs=1e-6)
+    for a, b in zip(straight.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    with pytest.raises(ValueError, match="different config: lr"):
+        other = RewardConfig(**{**vars(config), "lr": 1.0})
+        train_reward_model(fresh(), tokenizer, data, other, False, tmp_path)
+    with pytest.raises(ValueError, match="different training data"):
+        train_reward_model(fresh(), tokenizer, data[:20], config, False, tmp_path)

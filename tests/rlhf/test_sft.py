@@ -238,7 +238,7 @@ def test_resume_refuses_a_different_config_or_data(load_model, tokenizer, tmp_pa
             tmp_path,
             progress=False,
         )
-    with pytest.raises(ValueError, match="demonstrations"):
+    with pytest.raises(ValueError, match="different training data"):
         train_sft(load_model(), tokenizer, letter_demos()[:6], config, tmp_path, progress=False)
     # Logging and checkpoint cadence do not change the run, so they may differ.
     relaxed = SFTConfig(**{**vars(config), "log_every": 1, "checkpoint_every": 7})
