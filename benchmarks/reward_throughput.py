@@ -84,7 +84,7 @@ def run_ours(model_dir: Path, tokenizer, train, heldout, args) -> tuple[float, f
     config = RewardConfig(
         lr=args.lr,
         epochs=1,
-        prompts_per_batch=8,
+        prompts_per_batch=getattr(args, "prompts_per_batch", 8),
         max_length=args.max_length,
         warmup_ratio=0.1,
         bf16=args.precision == "bf16",
