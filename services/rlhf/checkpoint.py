@@ -131,9 +131,13 @@ def fingerprint(data: Any) -> str:
 
 
 def check_same_run(
-    saved: dict[str, Any], config: dict[str, Any], data_fingerprint: str, neutral: set[str]
+    saved: dict[str, Any],
+    config: dict[str, Any],
+    data_fingerprint: str | None,
+    neutral: set[str],
 ) -> None:
-    """Refuse a checkpoint made with another config (``neutral`` fields aside) or other data."""
+    """Refuse a checkpoint made with another config (``neutral`` fields aside) or other data
+    (``data_fingerprint`` None: the data is not checked, e.g. a stream of prompts)."""
     # Through JSON so that tuples and lists (Adam betas) compare equal.
     before = json.loads(json.dumps(saved["config"]))
     current = json.loads(json.dumps(config))
@@ -144,5 +148,5 @@ def check_same_run(
     )
     if differ:
         raise ValueError(f"the checkpoint was made with a different config: {', '.join(differ)}")
-    if saved["data_fingerprint"] != data_fingerprint:
+    if data_fingerprint is not None and saved["data_fingerprint"] != data_fingerprint:
         raise ValueError("the checkpoint was made on different training data")

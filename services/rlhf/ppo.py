@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
+from services.rlhf.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.optim import adamw
@@ -413,11 +413,6 @@ class PPOTrainer:
         }
         return modules, states
 
-    def _resumable_config(self) -> dict[str, Any]:
-        config = to_dict(self.config)
-        config["adam_betas"] = list(config["adam_betas"])  # tuples and lists compare unequal
-        return {k: v for k, v in config.items() if k not in _RESUME_NEUTRAL_FIELDS}
-
     def save(self) -> None:
         if self.checkpoint_path is None:
             raise ValueError("no checkpoint_dir was given")
@@ -425,7 +420,7 @@ class PPOTrainer:
         extra = {
             "iteration": self.iteration,
             "prompts_consumed": self.iteration * self.config.rollout_batch_size,
-            "config": self._resumable_config(),
+            "config": to_dict(self.config),
         }
         save_checkpoint(self.checkpoint_path, modules, states, extra)
 
@@ -435,12 +430,16 @@ class PPOTrainer:
             return False
         modules, states = self._stateful()
 
-        def same_config(extra: dict[str, Any]) -> None:
-            # Refuse before anything is restored, so a refused trainer is left untouched.
-            if extra["config"] != self._resumable_config():
-                raise ValueError("the checkpoint was written with a different PPOConfig")
-
-        extra = load_checkpoint(self.checkpoint_path, modules, states, check=same_config)
+        # Checked before anything is restored, so a refused trainer is left untouched. The
+        # prompts may be a stream, so only the config is compared, not the data.
+        extra = load_checkpoint(
+            self.checkpoint_path,
+            modules,
+            states,
+            check=lambda saved: check_same_run(
+                saved, to_dict(self.config), None, _RESUME_NEUTRAL_FIELDS
+            ),
+        )
         if extra is None:
             return False
         self.iteration = int(extra["iteration"])
