@@ -150,3 +150,70 @@ def check_same_run(
         raise ValueError(f"the checkpoint was made with a different config: {', '.join(differ)}")
     if data_fingerprint is not None and saved["data_fingerprint"] != data_fingerprint:
         raise ValueError("the checkpoint was made on different training data")
+
+
+class RunCheckpoints:
+    """Resume, periodic saves and a save on stopping, for a run counted in steps.
+
+    One object per run: it restores the latest checkpoint under ``checkpoint_dir``
+    (refusing one made with another config or data), saves every ``every`` steps,
+    and once more when the run stops between two periodic saves. Without a
+    ``checkpoint_dir`` every call does nothing, so trainers need no special case.
+    ``state()`` returns the run's own counters; the config and the data fingerprint
+    are added here, so every checkpoint can be checked on resume.
+    """
+
+    NAME = "checkpoint"
+
+    def __init__(
+        self,
+        checkpoint_dir: Path | str | None,
+        modules: dict[str, torch.nn.Module],
+        stateful: dict[str, Any],
+        config: dict[str, Any],
+        data_fingerprint: str | None,
+        neutral: set[str],
+        every: int,
+    ) -> None:
+        self.folder = Path(checkpoint_dir) / self.NAME if checkpoint_dir is not None else None
+        self.modules, self.stateful = modules, stateful
+        self.config, self.data_fingerprint, self.neutral = config, data_fingerprint, neutral
+        self.every = every
+        self._saved_at: int | None = None
+
+    def restore(self) -> dict[str, Any] | None:
+        """The saved state after restoring weights, optimizers and RNG; None if none."""
+        if self.folder is None:
+            return None
+        saved = load_checkpoint(
+            self.folder,
+            self.modules,
+            self.stateful,
+            check=lambda extra: check_same_run(
+                extra, self.config, self.data_fingerprint, self.neutral
+            ),
+        )
+        if saved is not None:
+            self._saved_at = saved["saved_at_step"]
+        return saved
+
+    def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        if step % self.every == 0:
+            self.save(step, state)
+
+    def at_stop(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Save unless the last periodic save was at this very step."""
+        if self._saved_at != step:
+            self.save(step, state)
+
+    def save(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        if self.folder is None:
+            return
+        extra = {
+            **state(),
+            "saved_at_step": step,
+            "config": self.config,
+            "data_fingerprint": self.data_fingerprint,
+        }
+        save_checkpoint(self.folder, self.modules, self.stateful, extra)
+        self._saved_at = step

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from services.rlhf.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from services.rlhf.checkpoint import RunCheckpoints
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.optim import adamw
@@ -67,7 +67,6 @@ from services.rlhf.tokenization import Message, pad
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint"
 # Config fields that do not change what a run computes; they may differ on resume.
 _RESUME_NEUTRAL_FIELDS = {"checkpoint_every"}
 
@@ -217,8 +216,19 @@ class PPOTrainer:
         self.ptx_ids = [ids for ids in self.ptx_ids if len(ids) >= 2]
         if config.ptx_coef > 0 and not self.ptx_ids:
             raise ValueError("ptx_texts hold no text of at least 2 tokens")
-        self.checkpoint_path = (
-            Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        # The prompts may be a stream, so a resume checks the config but not the data.
+        self.checkpoints = RunCheckpoints(
+            checkpoint_dir,
+            {"policy": self.policy, "value_model": self.value_model},
+            {
+                "policy_optimizer": self.policy_optimizer,
+                "value_optimizer": self.value_optimizer,
+                "kl_controller": self.kl_controller,
+            },
+            to_dict(config),
+            None,
+            _RESUME_NEUTRAL_FIELDS,
+            config.checkpoint_every,
         )
         self.iteration = 0  # iterations completed (restored from a checkpoint by train)
 
@@ -404,42 +414,23 @@ class PPOTrainer:
             while batch := list(itertools.islice(stream, size)):
                 yield batch
 
-    def _stateful(self) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
-        modules = {"policy": self.policy, "value_model": self.value_model}
-        states = {
-            "policy_optimizer": self.policy_optimizer,
-            "value_optimizer": self.value_optimizer,
-            "kl_controller": self.kl_controller,
-        }
-        return modules, states
-
-    def save(self) -> None:
-        if self.checkpoint_path is None:
-            raise ValueError("no checkpoint_dir was given")
-        modules, states = self._stateful()
-        extra = {
+    def _state(self) -> dict[str, Any]:
+        return {
             "iteration": self.iteration,
             "prompts_consumed": self.iteration * self.config.rollout_batch_size,
-            "config": to_dict(self.config),
         }
-        save_checkpoint(self.checkpoint_path, modules, states, extra)
+
+    def save(self) -> None:
+        if self.checkpoints.folder is None:
+            raise ValueError("no checkpoint_dir was given")
+        self.checkpoints.save(self.iteration, self._state)
 
     def load(self) -> bool:
-        """Restore the latest checkpoint, if there is one; True when restored."""
-        if self.checkpoint_path is None:
-            return False
-        modules, states = self._stateful()
+        """Restore the latest checkpoint, if there is one; True when restored.
 
-        # Checked before anything is restored, so a refused trainer is left untouched. The
-        # prompts may be a stream, so only the config is compared, not the data.
-        extra = load_checkpoint(
-            self.checkpoint_path,
-            modules,
-            states,
-            check=lambda saved: check_same_run(
-                saved, to_dict(self.config), None, _RESUME_NEUTRAL_FIELDS
-            ),
-        )
+        A checkpoint of another config is refused before anything is restored.
+        """
+        extra = self.checkpoints.restore()
         if extra is None:
             return False
         self.iteration = int(extra["iteration"])
@@ -456,7 +447,7 @@ class PPOTrainer:
         Returns the statistics of the iterations run by this call.
         """
         if self.load():
-            log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+            log.info("resumed from %s at iteration %d", self.checkpoints.folder, self.iteration)
         history: list[dict[str, float]] = []
         batches = self._prompt_batches(prompts, skip=self.iteration)
         bar = tqdm(
@@ -484,9 +475,8 @@ class PPOTrainer:
                 )
                 bar.update(1)
                 bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
-                due = self.iteration % self.config.checkpoint_every == 0
-                if self.checkpoint_path is not None and (due or self.iteration == iterations):
-                    self.save()
+                self.checkpoints.after_step(self.iteration, self._state)
+            self.checkpoints.at_stop(self.iteration, self._state)
         finally:
             bar.close()
         return history

@@ -16,18 +16,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from services.rlhf.checkpoint import (
-    check_same_run,
-    epoch_order,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
@@ -35,7 +30,6 @@ from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint"
 # Config fields that do not change what a run computes; they may differ on resume.
 _RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
 
@@ -190,38 +184,28 @@ def train_reward_model(
         ),
     )
     data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
-    folder = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    stateful = {"optimizer": optimizer, "scheduler": scheduler}
-    saved = None
-    if folder is not None and resume:
-        saved = load_checkpoint(
-            folder,
-            {"model": model},
-            stateful,
-            check=lambda extra: check_same_run(
-                extra, to_dict(config), data_id, _RESUME_NEUTRAL_FIELDS
-            ),
-        )
+    checkpoints = RunCheckpoints(
+        checkpoint_dir,
+        {"model": model},
+        {"optimizer": optimizer, "scheduler": scheduler},
+        to_dict(config),
+        data_id,
+        _RESUME_NEUTRAL_FIELDS,
+        config.checkpoint_every,
+    )
+    saved = checkpoints.restore() if resume else None
     result = RewardResult(steps=0)
     if saved is not None:
         result.steps, result.losses = saved["step"], list(saved["losses"])
         log.info("resuming reward model training at step %d of %d", result.steps, total_steps)
 
-    def checkpoint() -> None:
-        if folder is not None:
-            extra = {
-                "step": result.steps,
-                "losses": result.losses,
-                "config": to_dict(config),
-                "data_fingerprint": data_id,
-            }
-            save_checkpoint(folder, {"model": model}, stateful, extra)
+    def state() -> dict[str, Any]:
+        return {"step": result.steps, "losses": result.losses}
 
     end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     pairs_done, started = 0, time.perf_counter()
     model.train()
     bar = tqdm(total=total_steps, initial=result.steps, desc="reward model", disable=not progress)
-    saved_at = result.steps
     while result.steps < end:
         epoch, in_epoch = divmod(result.steps, steps_per_epoch)
         order = epoch_order(len(usable), config.seed, epoch)
@@ -250,11 +234,8 @@ def train_reward_model(
                 rate,
                 extra={"step": result.steps, "loss": loss.item(), "comparisons_per_s": rate},
             )
-        if result.steps % config.checkpoint_every == 0:
-            checkpoint()
-            saved_at = result.steps
-    if saved_at != result.steps:
-        checkpoint()
+        checkpoints.after_step(result.steps, state)
+    checkpoints.at_stop(result.steps, state)
     bar.close()
     model.eval()
     result.completed = result.steps >= total_steps

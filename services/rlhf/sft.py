@@ -34,18 +34,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from services.rlhf.checkpoint import (
-    check_same_run,
-    epoch_order,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
@@ -53,7 +48,6 @@ from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, p
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value that F.cross_entropy skips
-CHECKPOINT_NAME = "checkpoint"
 # Config fields that do not change what the run computes; they may differ on resume.
 _RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
 
@@ -202,29 +196,25 @@ def train_sft(
         optimizer, cosine_with_warmup(total_steps, warmup, config.min_lr_ratio)
     )
 
-    folder = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    stateful = {"optimizer": optimizer, "scheduler": scheduler}
-    saved = None
-    if folder is not None and resume:
-        saved = load_checkpoint(
-            folder,
-            {"model": model},
-            stateful,
-            check=lambda saved: check_same_run(
-                saved, to_dict(config), data_id, _RESUME_NEUTRAL_FIELDS
-            ),
-        )
+    checkpoints = RunCheckpoints(
+        checkpoint_dir,
+        {"model": model},
+        {"optimizer": optimizer, "scheduler": scheduler},
+        to_dict(config),
+        data_id,
+        _RESUME_NEUTRAL_FIELDS,
+        config.checkpoint_every,
+    )
+    saved = checkpoints.restore() if resume else None
     step, losses, lrs = 0, [], []
     if saved is not None:
         step, losses, lrs = saved["step"], saved["losses"], saved["learning_rates"]
-        log.info("resuming SFT from %s at step %d of %d", folder, step, total_steps)
+        log.info("resuming SFT from %s at step %d of %d", checkpoints.folder, step, total_steps)
     else:
         torch.manual_seed(config.seed)
 
-    def checkpoint() -> None:
-        if folder is None:
-            return
-        state = {
+    def state() -> dict[str, Any]:
+        return {
             "step": step,
             # Position in the data, derivable from step but stated for whoever reads the file.
             "epoch": step // steps_per_epoch,
@@ -232,17 +222,13 @@ def train_sft(
             "total_steps": total_steps,
             "losses": losses,
             "learning_rates": lrs,
-            "config": to_dict(config),
-            "data_fingerprint": data_id,
         }
-        save_checkpoint(folder, {"model": model}, stateful, state)
 
     end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     was_training = model.training
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not progress, unit="step")
     examples_done, started = 0, time.perf_counter()
-    saved_at = step
     order_epoch, order = -1, []
     while step < end:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -269,11 +255,8 @@ def train_sft(
                 rate,
                 extra={"step": step, "loss": loss, "lr": lr, "examples_per_s": rate},
             )
-        if step % config.checkpoint_every == 0:
-            checkpoint()
-            saved_at = step
-    if saved_at != step:  # stopped early or finished between checkpoints
-        checkpoint()
+        checkpoints.after_step(step, state)
+    checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
     bar.close()
     model.train(was_training)
     return SFTResult(

@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 
 from services.rlhf.checkpoint import load_checkpoint, save_checkpoint
@@ -56,3 +57,34 @@ def test_crash_between_the_renames_keeps_the_previous_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "c", {"model": model}, {}, {"step": 5})
     (tmp_path / "c").rename(tmp_path / ".c.deadbeef.old")  # as if killed right after rename 1
     assert load_checkpoint(tmp_path / "c", {"model": model}, {}) == {"step": 5}
+
+
+def test_run_checkpoints_save_periodically_and_at_stop(tmp_path):
+    from services.rlhf.checkpoint import RunCheckpoints, read_extra
+
+    model, optimizer = make()
+    saves = []
+
+    def run(start: int, stop: int) -> RunCheckpoints:
+        checkpoints = RunCheckpoints(
+            tmp_path, {"model": model}, {"opt": optimizer}, {"lr": 0.1}, "data-1", set(), every=3
+        )
+        assert (checkpoints.restore() or {}).get("step", 0) == start
+        for step in range(start + 1, stop + 1):
+            checkpoints.after_step(step, lambda step=step: {"step": step})
+            saves.append((read_extra(tmp_path / "checkpoint") or {}).get("step"))
+        checkpoints.at_stop(stop, lambda: {"step": stop})
+        return checkpoints
+
+    run(0, 4)  # periodic save at 3, then one at the stop (4)
+    assert saves == [None, None, 3, 3] and read_extra(tmp_path / "checkpoint")["step"] == 4
+    inode = (tmp_path / "checkpoint").stat().st_ino
+    run(4, 4)  # resumed at its last save: nothing new to write
+    assert (tmp_path / "checkpoint").stat().st_ino == inode
+
+    other = RunCheckpoints(tmp_path, {"model": model}, {}, {"lr": 0.2}, "data-1", set(), every=3)
+    with pytest.raises(ValueError, match="different config: lr"):
+        other.restore()
+    no_folder = RunCheckpoints(None, {"model": model}, {}, {}, None, set(), every=1)
+    assert no_folder.restore() is None
+    no_folder.after_step(1, dict)  # nothing to do, nothing raised
