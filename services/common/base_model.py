@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from services.common.model_loading import save_to_registry
-from services.common.registry import ModelRegistry, VersionInfo, _sha256
+from services.common.registry import ModelRegistry, VersionInfo, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def init_policy_v0(registry: ModelRegistry) -> tuple[VersionInfo, bool]:
         tokenizer,
         notes=f"{BASE_MODEL_NAME}, dequantized from {gguf.name}",
         config={
-            "source": {"package": GGUF_PACKAGE, "file": gguf.name, "sha256": _sha256(gguf)},
+            "source": {"package": GGUF_PACKAGE, "file": gguf.name, "sha256": sha256_file(gguf)},
             "parameters": sum(p.numel() for p in model.parameters()),
         },
     )

@@ -115,7 +115,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -189,7 +189,7 @@ class ModelRegistry:
                     f"{info.id}: {name} has {path.stat().st_size} bytes, "
                     f"manifest says {expected['size']}"
                 )
-            if _sha256(path) != expected["sha256"]:
+            if sha256_file(path) != expected["sha256"]:
                 raise CorruptVersionError(f"{info.id}: {name} does not match its checksum")
         return info
 
@@ -222,7 +222,10 @@ class ModelRegistry:
         try:
             write_files(staging)
             files = {
-                p.relative_to(staging).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                p.relative_to(staging).as_posix(): {
+                    "size": p.stat().st_size,
+                    "sha256": sha256_file(p),
+                }
                 for p in sorted(staging.rglob("*"))
                 if p.is_file()
             }

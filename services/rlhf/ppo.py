@@ -143,16 +143,6 @@ def _device(module: torch.nn.Module, fallback: torch.device | None = None) -> to
     return param.device if param is not None else (fallback or torch.device("cpu"))
 
 
-def _rows(batch: ResponseBatch, idx: torch.Tensor) -> ResponseBatch:
-    return ResponseBatch(
-        batch.input_ids[idx],
-        batch.attention_mask[idx],
-        batch.position_ids[idx],
-        batch.response_mask[idx],
-        batch.prompt_width,
-    )
-
-
 def _scores(reward_model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
     return reward_model.rewards(batch.input_ids, batch.attention_mask, batch.position_ids)
 
@@ -257,7 +247,7 @@ class PPOTrainer:
         )
         parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "scores": []}
         for start in range(0, len(prompts), cfg.minibatch_size):
-            chunk = _rows(batch, torch.arange(start, min(start + cfg.minibatch_size, len(prompts))))
+            chunk = batch.rows(torch.arange(start, min(start + cfg.minibatch_size, len(prompts))))
             ref_chunk = chunk.to(_device(self.reference))
             parts["ref"].append(response_logprobs(self.reference, ref_chunk).to(device))
             parts["values"].append(_values(self.value_model, chunk.to(_device(self.value_model))))
@@ -322,7 +312,7 @@ class PPOTrainer:
             order = torch.randperm(len(prompts), generator=generator)
             for begin in range(0, len(prompts), cfg.minibatch_size):
                 idx = order[begin : begin + cfg.minibatch_size].to(mask.device)
-                sub, sub_mask = _rows(batch, idx), mask[idx]
+                sub, sub_mask = batch.rows(idx), mask[idx]
 
                 logp = response_logprobs(self.policy, sub)
                 p_loss, p_stats = policy_loss(

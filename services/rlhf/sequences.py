@@ -35,6 +35,16 @@ class ResponseBatch:
             self.prompt_width,
         )
 
+    def rows(self, index: torch.Tensor) -> ResponseBatch:
+        """The same layout for a subset of rows (minibatches, rollout chunks)."""
+        return ResponseBatch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.position_ids[index],
+            self.response_mask[index],
+            self.prompt_width,
+        )
+
     @property
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_width :]
