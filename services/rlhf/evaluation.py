@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
 from services.rlhf.reward_model import score_answers
 from services.rlhf.sequences import build_response_batch, response_logprobs
 from services.rlhf.tokenization import Message, pad
@@ -107,9 +108,8 @@ def perplexity(
         ]
         ids, mask = pad(encoded, tokenizer.pad_token_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target, keep = ids[:, 1:], mask[:, 1:].bool()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        nll_sum += nll[keep].sum().item()
-        tokens += int(keep.sum())
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        total, count = next_token_nll(logits, ids.masked_fill(mask == 0, IGNORE_INDEX))
+        nll_sum += total.item()
+        tokens += count
     return math.exp(nll_sum / tokens)

@@ -49,9 +49,9 @@ from tqdm.auto import tqdm
 from services.rlhf.checkpoint import RunCheckpoints
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
+from services.rlhf.lm_loss import IGNORE_INDEX
 from services.rlhf.optim import adamw
 from services.rlhf.ppo_math import (
-    IGNORE_INDEX,
     AdaptiveKLController,
     FixedKLController,
     gae,

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from services.rlhf.lm_loss import next_token_nll
+
 WHITEN_EPS = 1e-8
 
 
@@ -293,9 +294,5 @@ def ptx_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ``gamma * ptx_loss`` is the same thing, so the trainer adds ``gamma * ptx_loss`` to
     the PPO loss. With no label to score it returns 0 (still attached to the graph).
     """
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    keep = labels != IGNORE_INDEX
-    # -100 is not a valid index for gather; any valid id works, the position is masked out.
-    safe_labels = labels.masked_fill(~keep, 0)
-    nll = -logprobs_from_logits(logits, safe_labels)
-    return masked_mean(nll, keep)
+    total, count = next_token_nll(logits, labels)
+    return total / max(count, 1)

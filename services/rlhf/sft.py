@@ -37,17 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
+from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
 from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label value that F.cross_entropy skips
 # Config fields that do not change what the run computes; they may differ on resume.
 _RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
 
@@ -115,26 +114,6 @@ def collate(encoded: Sequence[Encoded], pad_id: int) -> SFTBatch:
     for row, e in enumerate(encoded):
         labels[row, e.prompt_len : len(e.input_ids)] = ids[row, e.prompt_len : len(e.input_ids)]
     return SFTBatch(ids, mask, labels)
-
-
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(sum of the NLL of every labelled token, how many there are).
-
-    ``logits`` may cover only the last columns of the batch (see :func:`answer_logits`);
-    they are lined up with the same columns of ``labels``. The logit at column c
-    predicts the token at c + 1, so logits lose their last column and labels their
-    first. The caller divides by the token count of the whole optimizer step.
-    """
-    labels = labels[:, labels.shape[1] - logits.shape[1] :]
-    shifted_logits = logits[:, :-1].float()
-    shifted_labels = labels[:, 1:]
-    total = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return total, int((shifted_labels != IGNORE_INDEX).sum())
 
 
 def answer_logits(model, batch: SFTBatch) -> torch.Tensor:
@@ -282,7 +261,7 @@ def _optimizer_step(
         raise ValueError("a batch has no answer tokens; is max_length too small?")
     total = 0.0
     for batch in micro:
-        nll, _ = answer_nll(answer_logits(model, batch), batch.labels.to(model.device))
+        nll, _ = next_token_nll(answer_logits(model, batch), batch.labels.to(model.device))
         (nll / step_tokens).backward()
         total += nll.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

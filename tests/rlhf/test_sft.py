@@ -7,13 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.rlhf.checkpoint import read_extra
+from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
 from services.rlhf.sft import (
-    IGNORE_INDEX,
     Demonstration,
     SFTConfig,
     _optimizer_step,
     answer_logits,
-    answer_nll,
     collate,
     train_sft,
 )
@@ -76,7 +75,7 @@ def test_labels_and_loss_cover_answer_tokens_only(load_model, tokenizer):
 
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     logits = logits.detach().requires_grad_(True)
-    total, count = answer_nll(logits, batch.labels)
+    total, count = next_token_nll(logits, batch.labels)
 
     # By hand: the logit at column c predicts token c + 1; sum over answer tokens only.
     logprobs = torch.log_softmax(logits.detach(), dim=-1)
@@ -91,7 +90,7 @@ def test_labels_and_loss_cover_answer_tokens_only(load_model, tokenizer):
     # Computing only the columns that can predict an answer token changes nothing.
     trimmed = answer_logits(model, batch)
     assert trimmed.shape[1] < logits.shape[1]
-    trimmed_total, trimmed_count = answer_nll(trimmed, batch.labels)
+    trimmed_total, trimmed_count = next_token_nll(trimmed, batch.labels)
     assert trimmed_count == count
     assert trimmed_total.item() == pytest.approx(total.item(), rel=1e-5)
 
@@ -166,7 +165,7 @@ def test_gradient_accumulation_matches_one_big_batch(load_model, tokenizer):
     # ... and they are the gradient of the mean NLL over all answer tokens of the step.
     model = load_model()
     batch = collate(encoded, tokenizer.pad_token_id)
-    total, count = answer_nll(
+    total, count = next_token_nll(
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.labels
     )
     (total / count).backward()
