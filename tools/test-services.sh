@@ -6,6 +6,7 @@ set -euo pipefail
 
 STATE_DIR=${STATE_DIR:-.test-services}
 REDIS_PORT=${FLYWHEEL_TEST_REDIS_PORT:-6399}
+PG_PORT=${FLYWHEEL_TEST_POSTGRES_PORT:-5499}
 
 apt_install() {
     # apt-get update once per `up`, and only when something must be installed.
@@ -39,8 +40,134 @@ redis_down() {
     fi
 }
 
+# PostgreSQL: a throwaway cluster under $STATE_DIR/postgres, on 127.0.0.1:$PG_PORT only, with
+# trust auth, a superuser `flywheel` and a database `flywheel`
+# (postgresql://flywheel@127.0.0.1:$PG_PORT/flywheel). Its unix socket lies in $STATE_DIR too.
+# initdb and postgres refuse to run as root: as root they run as the `postgres` user (made by
+# Debian's postgresql package), which then owns the cluster's files.
+pg_abs_state() {
+    case "$STATE_DIR" in /*) echo "$STATE_DIR" ;; *) echo "$PWD/$STATE_DIR" ;; esac
+}
+
+pg_bindir() {
+    # Prints the directory holding initdb and pg_ctl: Debian's /usr/lib/postgresql/<major>/bin,
+    # the data directory's own major version first, then the highest one; else from PATH.
+    local data=$1 dir major initdb
+    if [ -f "$data/PG_VERSION" ]; then
+        major=$(cat "$data/PG_VERSION")
+        dir=/usr/lib/postgresql/$major/bin
+        [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && { echo "$dir"; return; }
+    fi
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k5,5 -rV); do
+        [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && { echo "$dir"; return; }
+    done
+    initdb=$(command -v initdb) || return 1
+    dir=$(dirname "$initdb")
+    [ -x "$dir/pg_ctl" ] && { echo "$dir"; return; }
+    command -v pg_ctl >/dev/null || return 1
+    echo "$dir"
+}
+
+pg_as_owner() {
+    # Runs a command as the user that owns the cluster: `postgres` when we are root.
+    if [ "$(id -u)" = 0 ]; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+pg_answers() {
+    # Whether something accepts connections on 127.0.0.1:$PG_PORT (pg_isready from $1, or PATH).
+    local isready=pg_isready
+    [ -n "${1:-}" ] && [ -x "$1/pg_isready" ] && isready=$1/pg_isready
+    "$isready" -q -t 2 -h 127.0.0.1 -p "$PG_PORT" -U flywheel -d postgres >/dev/null 2>&1
+}
+
+postgres_up() {
+    local state data sock log bin
+    state=$(pg_abs_state)
+    data=$state/postgres
+    sock=$state/postgres-socket
+    log=$state/postgres.log
+    bin=$(pg_bindir "$data") || bin=
+    if pg_answers "$bin"; then
+        echo "postgres: already running on $PG_PORT"
+        return
+    fi
+    if [ -z "$bin" ]; then
+        apt_install postgresql
+        bin=$(pg_bindir "$data") || { echo "postgres: initdb/pg_ctl not found after installing postgresql" >&2; exit 1; }
+    fi
+    if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+        echo "postgres: running as root, but there is no 'postgres' user to run the server as" >&2
+        exit 1
+    fi
+    mkdir -p "$data" "$sock"
+    chmod 700 "$data"
+    touch "$log"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres: "$data" "$sock" "$log"; fi
+    # shellcheck disable=SC2016  # $1..$3 are expanded by that sh
+    if ! pg_as_owner sh -c 'test -w "$1" && test -w "$2" && test -w "$3"' sh "$data" "$sock" "$log"; then
+        echo "postgres: $(pg_as_owner id -un) cannot write to $data (check the permissions of its parent directories)" >&2
+        exit 1
+    fi
+    if [ ${#sock} -gt 90 ]; then
+        # A unix socket path has at most 107 bytes; past that, postgres refuses to start.
+        echo "postgres: socket directory path too long ($sock)" >&2
+        exit 1
+    fi
+    if [ ! -f "$data/PG_VERSION" ]; then
+        if ! pg_as_owner "$bin/initdb" -D "$data" -U flywheel --auth=trust -E UTF8 --no-locale >>"$log" 2>&1; then
+            echo "postgres: initdb failed, see $STATE_DIR/postgres.log" >&2
+            exit 1
+        fi
+        # fsync stays on: the tests measure durability semantics.
+        printf '%s\n' '' '# test-services.sh' "listen_addresses = '127.0.0.1'" 'max_connections = 200' \
+            | pg_as_owner tee -a "$data/postgresql.conf" >/dev/null
+    fi
+    # Port, socket directory and address are given at each start: they follow the environment.
+    if ! pg_as_owner "$bin/pg_ctl" start -W -D "$data" -l "$log" \
+            -o "-p $PG_PORT -k '$sock' -c listen_addresses=127.0.0.1" >/dev/null; then
+        echo "postgres: pg_ctl start failed, see $STATE_DIR/postgres.log" >&2
+        exit 1
+    fi
+    echo "$PG_PORT" >"$STATE_DIR/postgres.started"
+    local deadline=$((SECONDS + 10))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if pg_answers "$bin"; then
+            if [ -z "$("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flywheel -d postgres -XAtq \
+                    -c "SELECT 1 FROM pg_database WHERE datname = 'flywheel'")" ]; then
+                "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flywheel -d postgres -Xq \
+                    -c 'CREATE DATABASE flywheel OWNER flywheel'
+            fi
+            echo "postgres: started on $PG_PORT"
+            return
+        fi
+        sleep 0.1
+    done
+    echo "postgres: did not start, see $STATE_DIR/postgres.log" >&2
+    exit 1
+}
+
+postgres_down() {
+    local data bin
+    data=$(pg_abs_state)/postgres
+    if [ -f "$STATE_DIR/postgres.started" ]; then
+        if [ -f "$data/postmaster.pid" ]; then
+            if bin=$(pg_bindir "$data"); then
+                pg_as_owner "$bin/pg_ctl" stop -D "$data" -m fast >/dev/null 2>&1 || true
+            else
+                kill -INT "$(head -n 1 "$data/postmaster.pid")" 2>/dev/null || true  # fast shutdown
+            fi
+        fi
+        rm -f "$STATE_DIR/postgres.started"
+        echo "postgres: stopped"
+    fi
+}
+
 case "${1:-}" in
-    up) redis_up ;;
-    down) redis_down ;;
+    up) redis_up; postgres_up ;;
+    down) postgres_down; redis_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
