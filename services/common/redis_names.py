@@ -28,3 +28,9 @@ TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"
 def rate_limit_key(api_key_id: str, window: int) -> str:
     """Counter of requests from one API key in one fixed time window."""
     return f"{PREFIX}:ratelimit:{api_key_id}:{window}"
+
+
+def feedback_delivered_key(event_id: str) -> str:
+    """Set (with a TTL) when a feedback event has been added to FEEDBACK_EVENTS_STREAM, in the
+    same atomic script as the XADD, so a relay that retries after a crash cannot add it twice."""
+    return f"{PREFIX}:feedback:delivered:{event_id}"
