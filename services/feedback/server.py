@@ -1,0 +1,107 @@
+"""The feedback service process: HTTP (uvicorn) and gRPC front ends over one FeedbackCore.
+
+Shutdown order on SIGTERM: stop taking HTTP and gRPC requests (letting in-flight ones finish
+within ``drain_timeout_s``), then let the writer commit what it holds and the relay deliver
+what it can, then exit. Everything acknowledged is already committed, so even SIGKILL loses
+nothing that got a 2xx; the outbox delivers the rest after the restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import redis
+import uvicorn
+
+from services.common.generated.flywheel.v1 import feedback_pb2_grpc
+from services.common.grpc_server import GrpcServer
+from services.common.metrics import set_build_info
+from services.feedback.api.app import create_app
+from services.feedback.core import FeedbackCore, engine_url_for_logs
+from services.feedback.grpc_service import FeedbackServicer
+from services.feedback.metrics import register_store_collector
+from services.feedback.settings import FeedbackSettings
+
+log = logging.getLogger(__name__)
+
+
+class FeedbackServer:
+    def __init__(self, settings: FeedbackSettings, redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.core = FeedbackCore(settings, redis_client)
+        self._grpc = GrpcServer(port=settings.grpc_port, max_workers=16)
+        self._grpc.add(
+            feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
+            FeedbackServicer(self.core),
+            "flywheel.v1.FeedbackService",
+        )
+        self._http = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.core),
+                host=settings.http_host,
+                port=settings.http_port,
+                loop="uvloop",
+                http="httptools",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=settings.drain_timeout_s,
+            )
+        )
+        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+
+    @property
+    def http_port(self) -> int:
+        return self._http.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def grpc_port(self) -> int:
+        return self._grpc.port
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.core.start()
+        self._grpc.start()
+        self._http_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"HTTP server did not start on port {self.settings.http_port}")
+            time.sleep(0.01)
+        self._grpc.set_serving(True)
+        log.info(
+            "feedback service ready",
+            extra={
+                "http_port": self.http_port,
+                "grpc_port": self.grpc_port,
+                "database": engine_url_for_logs(self.settings.resolved_database_url),
+            },
+        )
+
+    def stop(self) -> None:
+        self._grpc.set_serving(False)
+        self._http.should_exit = True
+        self._http_thread.join(self.settings.drain_timeout_s + 5)
+        self._grpc.stop(self.settings.drain_timeout_s)
+        self.core.stop()
+        log.info("feedback service stopped")
+
+    def serve_until_signal(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stop.set())
+        self.start()
+        while not stop.wait(0.5):
+            if not self._http_thread.is_alive():
+                log.error("HTTP server exited unexpectedly")
+                break
+        self.stop()
+
+
+def serve(settings: FeedbackSettings | None = None) -> None:
+    settings = settings or FeedbackSettings()
+    set_build_info("feedback")
+    server = FeedbackServer(settings)
+    register_store_collector(server.core.metrics_stats)
+    server.serve_until_signal()

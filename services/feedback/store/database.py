@@ -1,0 +1,91 @@
+"""Engines for the store, and migrating it to the current schema.
+
+SQLite (the default, one file under the data folder) runs in WAL mode with
+``synchronous=FULL``: a commit returns only once the WAL is fsynced, so an acknowledged
+event survives a power cut, not just a process crash. Writes are serialised by one writer
+thread (see writer.py), which opens its transactions with ``BEGIN IMMEDIATE`` so it never
+has to upgrade a read lock; readers use plain deferred transactions and never block it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def is_sqlite(url: str | sa.URL) -> bool:
+    return sa.make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Engine:
+    """An engine for readers, or (``writer=True``) for the single writer connection."""
+    if not is_sqlite(url):
+        return sa.create_engine(
+            url,
+            pool_size=1 if writer else pool_size,
+            max_overflow=0 if writer else 4,
+            pool_pre_ping=True,
+        )
+    path = sa.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (needed for
+        # SAVEPOINT and BEGIN IMMEDIATE; see SQLAlchemy's pysqlite notes).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database to ``revision`` (default: the newest schema)."""
+    engine = make_engine(url, writer=True)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    engine = make_engine(url, writer=True)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(_alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def schema_is_current(engine: sa.Engine) -> bool:
+    """True when the database is at the newest migration (the service refuses to run otherwise)."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    return current == head

@@ -1,0 +1,429 @@
+"""Accepting a feedback event: the rules, the vote it replaces, its comparisons, its outbox row.
+
+Everything here runs inside one write transaction (see writer.py), so an event, the vote it
+replaces, its comparison revision and its outbox message are stored together or not at all.
+Checks come first and write nothing, in this order: the answers exist (404), the caller may
+rate them (401/403), a retried ``client_event_id`` (replay, or 409 if the request differs),
+the feedback window (410), then the shape of the vote (422/409).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from services.common.credentials import token_matches
+from services.feedback import comparisons as derive
+from services.feedback.errors import Refused
+from services.feedback.store import interactions as served_answers
+from services.feedback.store.interactions import Served, ServedCache
+from services.feedback.store.tables import comparisons, feedback_events, outbox
+
+Kind = Literal["thumb", "ranking", "pairwise"]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Who is asking: the id of a bearer API key, or a group's feedback token (or neither)."""
+
+    api_key_id: str | None = None
+    feedback_token: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackCommand:
+    """One vote as the client sent it, normalised by the API layer.
+
+    ``payload`` by kind: thumb ``{response_id, value (+1/-1), comment}``; ranking
+    ``{ranking: [[ids of the best tier], [next tier], ...]}``; pairwise
+    ``{response_a, response_b, outcome ("a" | "b" | "tie" | "both_bad")}``.
+    """
+
+    kind: Kind
+    payload: dict[str, Any]
+    credential: Credential
+    client_event_id: str | None = None
+
+    def response_ids(self) -> list[str]:
+        if self.kind == "thumb":
+            return [self.payload["response_id"]]
+        if self.kind == "ranking":
+            return [r for tier in self.payload["ranking"] for r in tier]
+        return [self.payload["response_a"], self.payload["response_b"]]
+
+    def request_sha256(self) -> str:
+        canonical = json.dumps(
+            {"kind": self.kind, "payload": self.payload}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The stored event as the client sees it; ``replayed`` when a retry matched an old one."""
+
+    event: dict[str, Any]
+    replayed: bool
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def comparison_id(source: str, rater_key_id: str, subject: str) -> str:
+    """The stable id of one comparison across its revisions."""
+    digest = hashlib.sha256(f"{source}\0{rater_key_id}\0{subject}".encode()).hexdigest()
+    return "cmp_" + digest[:24]
+
+
+# ---- checks ---------------------------------------------------------------------------------
+
+
+def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, str]:
+    """(rater key id, via) if the credential may rate all ``answers``; else refuse."""
+    credential = command.credential
+    if credential.api_key_id is not None:
+        foreign = [a.response_id for a in answers if a.api_key_id != credential.api_key_id]
+        if foreign:
+            raise Refused(
+                403,
+                "not_your_response",
+                "these answers were served to another API key; only the key that received "
+                "an answer (or its feedback token) may rate it",
+                response_ids=foreign,
+            )
+        return credential.api_key_id, "api_key"
+    if credential.feedback_token is not None:
+        bad = [
+            a.response_id
+            for a in answers
+            if not token_matches(credential.feedback_token, a.feedback_token_hash)
+        ]
+        if bad:
+            raise Refused(
+                403,
+                "invalid_feedback_token",
+                "the feedback token does not belong to the group of these answers",
+                response_ids=bad,
+            )
+        return answers[0].api_key_id, "feedback_token"
+    raise Refused(
+        401,
+        "unauthenticated",
+        "send the API key that received the answer (Authorization: Bearer ...) or the "
+        "feedback token that came with it (X-Feedback-Token header or feedback_token field)",
+    )
+
+
+def _check_window(answers: list[Served], now: datetime, ttl: timedelta) -> None:
+    expired = [a.response_id for a in answers if now - a.created_at > ttl]
+    if expired:
+        raise Refused(
+            410,
+            "feedback_window_closed",
+            f"feedback is accepted for {ttl.total_seconds():.0f} s after an answer is served",
+            response_ids=expired,
+            ttl_seconds=int(ttl.total_seconds()),
+        )
+
+
+def _one_group(answers: list[Served]) -> str:
+    groups = sorted({a.candidate_group for a in answers})
+    if len(groups) != 1:
+        raise Refused(
+            422,
+            "mixed_candidate_groups",
+            "rankings and pairwise votes compare answers to the same prompt (one candidate group)",
+            candidate_groups=groups,
+        )
+    return groups[0]
+
+
+def _check_ranking(conn: sa.Connection, command: FeedbackCommand, group: str) -> list[Served]:
+    ranked = command.response_ids()
+    members = served_answers.group_members(conn, group)
+    expected = members[0].candidate_count
+    if len(members) < expected:
+        raise Refused(
+            409,
+            "group_incomplete",
+            f"only {len(members)} of the {expected} answers of this group are recorded yet; "
+            "retry shortly",
+            candidate_group=group,
+        )
+    missing = sorted({m.response_id for m in members} - set(ranked))
+    if missing:
+        raise Refused(
+            422,
+            "ranking_incomplete",
+            "a ranking must place every candidate of the group",
+            missing=missing,
+            candidate_group=group,
+        )
+    return members
+
+
+def _subject(command: FeedbackCommand, group: str) -> str:
+    if command.kind == "thumb":
+        return command.payload["response_id"]
+    if command.kind == "ranking":
+        return group
+    return "|".join(sorted((command.payload["response_a"], command.payload["response_b"])))
+
+
+# ---- writes ---------------------------------------------------------------------------------
+
+
+def _replay(conn: sa.Connection, command: FeedbackCommand, rater: str) -> Accepted | None:
+    if command.client_event_id is None:
+        return None
+    row = (
+        conn.execute(
+            sa.select(feedback_events).where(
+                feedback_events.c.rater_key_id == rater,
+                feedback_events.c.client_event_id == command.client_event_id,
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    if row["request_sha256"] != command.request_sha256():
+        raise Refused(
+            409,
+            "client_event_id_reused",
+            "this client_event_id was already used for a different feedback request",
+            client_event_id=command.client_event_id,
+            event_id=row["id"],
+        )
+    return Accepted(event_view(row, _revision_of(conn, row["id"])), replayed=True)
+
+
+def _supersede_vote(
+    conn: sa.Connection, rater: str, kind: str, subject: str, new_id: str
+) -> str | None:
+    """Mark the current vote on ``subject`` replaced by ``new_id``; return its id."""
+    previous = conn.execute(
+        sa.select(feedback_events.c.id).where(
+            feedback_events.c.rater_key_id == rater,
+            feedback_events.c.kind == kind,
+            feedback_events.c.subject == subject,
+            feedback_events.c.replaced_by.is_(None),
+        )
+    ).scalar()
+    if previous is not None:
+        conn.execute(
+            feedback_events.update()
+            .where(feedback_events.c.id == previous)
+            .values(replaced_by=new_id)
+        )
+    return previous
+
+
+def _thumbs_in_group(conn: sa.Connection, rater: str, group: str) -> dict[str, int]:
+    rows = conn.execute(
+        sa.select(feedback_events.c.subject, feedback_events.c.thumb_value).where(
+            feedback_events.c.rater_key_id == rater,
+            feedback_events.c.kind == "thumb",
+            feedback_events.c.candidate_group == group,
+            feedback_events.c.replaced_by.is_(None),
+        )
+    )
+    return {subject: value for subject, value in rows}
+
+
+def _derive_pairs(
+    conn: sa.Connection, command: FeedbackCommand, rater: str, group: str, cache: ServedCache
+) -> tuple[str, derive.Pairs]:
+    """(lineage subject, pairs) for the comparison this event changes."""
+    if command.kind == "thumb":
+        thumbs = _thumbs_in_group(conn, rater, group)
+        order = {
+            r: s.candidate_index for r, s in served_answers.served(conn, thumbs, cache).items()
+        }
+        return group, derive.from_thumbs(thumbs, order)
+    answers = served_answers.served(conn, command.response_ids(), cache)
+    order = {r: s.candidate_index for r, s in answers.items()}
+    if command.kind == "ranking":
+        return group, derive.from_ranking(command.payload["ranking"], order)
+    p = command.payload
+    return _subject(command, group), derive.from_pairwise(
+        p["response_a"], p["response_b"], p["outcome"], order
+    )
+
+
+def _revise_comparison(
+    conn: sa.Connection,
+    *,
+    source: str,
+    rater: str,
+    group: str,
+    lineage_subject: str,
+    pairs: derive.Pairs,
+    event_id: str,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Supersede the current revision of this comparison; add the new one if it has pairs."""
+    cid = comparison_id(source, rater, lineage_subject)
+    conn.execute(
+        comparisons.update()
+        .where(comparisons.c.comparison_id == cid, comparisons.c.superseded_at.is_(None))
+        .values(superseded_at=now)
+    )
+    if not pairs.pairs:
+        return None
+    revision = {
+        "id": _new_id("rev"),
+        "comparison_id": cid,
+        "source": source,
+        "rater_key_id": rater,
+        "candidate_group": group,
+        "candidates": list(pairs.candidates),
+        "pairs": [list(p) for p in pairs.pairs],
+        "pair_count": len(pairs.pairs),
+        "event_id": event_id,
+        "recorded_at": now,
+        "superseded_at": None,
+    }
+    conn.execute(comparisons.insert().values(revision))
+    return revision
+
+
+def apply(
+    conn: sa.Connection,
+    command: FeedbackCommand,
+    *,
+    now: datetime,
+    ttl: timedelta,
+    cache: ServedCache,
+) -> Accepted:
+    """Check ``command`` against what was served and store it (see the module docstring)."""
+    wanted = command.response_ids()
+    duplicates = sorted({r for r in wanted if wanted.count(r) > 1})
+    if duplicates:
+        raise Refused(
+            422, "duplicate_response", "each answer may appear once", response_ids=duplicates
+        )
+    known = served_answers.served(conn, wanted, cache)
+    unknown = [r for r in wanted if r not in known]
+    if unknown:
+        raise Refused(
+            404, "unknown_response", "no answer was served with these ids", response_ids=unknown
+        )
+    answers = [known[r] for r in wanted]
+    rater, via = _authorise(command, answers)
+    replay = _replay(conn, command, rater)
+    if replay is not None:
+        return replay
+    _check_window(answers, now, ttl)
+    group = _one_group(answers)
+    if command.kind == "ranking":
+        _check_ranking(conn, command, group)
+
+    event_id = _new_id("fb")
+    subject = _subject(command, group)
+    replaces = _supersede_vote(conn, rater, command.kind, subject, event_id)
+    thumb = command.kind == "thumb"
+    row = {
+        "id": event_id,
+        "kind": command.kind,
+        "rater_key_id": rater,
+        "via": via,
+        "client_event_id": command.client_event_id,
+        "request_sha256": command.request_sha256(),
+        "subject": subject,
+        "candidate_group": group,
+        "payload": command.payload,
+        "thumb_value": command.payload["value"] if thumb else None,
+        "model_version": answers[0].model_version if thumb else None,
+        "replaces": replaces,
+        "replaced_by": None,
+        "recorded_at": now,
+    }
+    conn.execute(feedback_events.insert().values(row))
+    lineage_subject, pairs = _derive_pairs(conn, command, rater, group, cache)
+    revision = _revise_comparison(
+        conn,
+        source=command.kind,
+        rater=rater,
+        group=group,
+        lineage_subject=lineage_subject,
+        pairs=pairs,
+        event_id=event_id,
+        now=now,
+    )
+    conn.execute(
+        outbox.insert().values(
+            event_id=event_id, message=stream_message(row, revision), created_at=now
+        )
+    )
+    return Accepted(event_view(row, revision), replayed=False)
+
+
+# ---- views ----------------------------------------------------------------------------------
+
+
+def stream_message(event: dict[str, Any], revision: dict[str, Any] | None) -> dict[str, str]:
+    """The fields announced on the Redis stream (strings only, as streams store them)."""
+    return {
+        "event_id": event["id"],
+        "kind": event["kind"],
+        "rater_key_id": event["rater_key_id"],
+        "candidate_group": event["candidate_group"],
+        "replaces": event["replaces"] or "",
+        "comparison_id": revision["comparison_id"] if revision else "",
+        "pairs": str(revision["pair_count"] if revision else 0),
+        "recorded_at": event["recorded_at"].isoformat(),
+    }
+
+
+def _revision_of(conn: sa.Connection, event_id: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(comparisons).where(comparisons.c.event_id == event_id))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+def event_view(
+    event: dict[str, Any] | sa.RowMapping, revision: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An event as the HTTP API shows it."""
+    return {
+        "id": event["id"],
+        "kind": event["kind"],
+        **event["payload"],
+        "client_event_id": event["client_event_id"],
+        "status": "current" if event["replaced_by"] is None else "replaced",
+        "replaces": event["replaces"],
+        "replaced_by": event["replaced_by"],
+        "rater_key_id": event["rater_key_id"],
+        "via": event["via"],
+        "candidate_group": event["candidate_group"],
+        "recorded_at": event["recorded_at"].isoformat(),
+        "comparison": (
+            {"comparison_id": revision["comparison_id"], "pairs": revision["pair_count"]}
+            if revision
+            else None
+        ),
+    }
+
+
+def get_event(conn: sa.Connection, event_id: str) -> dict[str, Any] | None:
+    """A stored event with its comparison revision (None if unknown)."""
+    row = (
+        conn.execute(sa.select(feedback_events).where(feedback_events.c.id == event_id))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return {"row": dict(row), "view": event_view(row, _revision_of(conn, event_id))}

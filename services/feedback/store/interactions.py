@@ -1,0 +1,170 @@
+"""Served answers: recording them (idempotently) and looking them up for feedback checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.common.credentials import token_hash
+from services.feedback.errors import Refused
+from services.feedback.store.tables import interactions
+
+
+@dataclass(frozen=True)
+class NewInteraction:
+    """An answer as the gateway reports it (the feedback token still in clear)."""
+
+    response_id: str
+    conversation_id: str
+    messages: list[dict[str, str]]
+    answer: str
+    candidate_group: str
+    candidate_index: int
+    candidate_count: int
+    model_version: str
+    sampling: dict[str, Any]
+    api_key_id: str
+    feedback_token: str
+    created_at: datetime | None = None
+
+    def content_sha256(self) -> str:
+        """Fingerprint of the content; the serving time is left out so a retry matches."""
+        content = asdict(self)
+        content.pop("created_at")
+        content["feedback_token"] = token_hash(self.feedback_token)
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Served:
+    """What feedback checks need to know about one served answer."""
+
+    response_id: str
+    candidate_group: str
+    candidate_index: int
+    candidate_count: int
+    api_key_id: str
+    feedback_token_hash: str
+    model_version: str
+    created_at: datetime
+
+
+_SERVED_COLUMNS = [getattr(interactions.c, f) for f in Served.__dataclass_fields__]
+
+
+@dataclass
+class ServedCache:
+    """Interactions never change once stored, so the writer keeps recent ones in memory."""
+
+    capacity: int = 50_000
+    _items: OrderedDict[str, Served] = field(default_factory=OrderedDict)
+
+    def get(self, response_id: str) -> Served | None:
+        served = self._items.get(response_id)
+        if served is not None:
+            self._items.move_to_end(response_id)
+        return served
+
+    def put(self, served: Served) -> None:
+        self._items[served.response_id] = served
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+def record(conn: sa.Connection, new: NewInteraction, now: datetime) -> bool:
+    """Store ``new``; False if this exact record is already there (a retry).
+
+    A different record under an existing response_id, or a second answer claiming the same
+    (candidate_group, candidate_index), is refused with 409.
+    """
+    digest = new.content_sha256()
+    existing = conn.execute(
+        sa.select(interactions.c.content_sha256).where(
+            interactions.c.response_id == new.response_id
+        )
+    ).scalar()
+    if existing is not None:
+        if existing != digest:
+            raise Refused(
+                409,
+                "response_id_conflict",
+                f"response_id {new.response_id!r} is already recorded with different content",
+                response_id=new.response_id,
+            )
+        return False
+    taken = conn.execute(
+        sa.select(interactions.c.response_id).where(
+            interactions.c.candidate_group == new.candidate_group,
+            interactions.c.candidate_index == new.candidate_index,
+        )
+    ).scalar()
+    if taken is not None:
+        raise Refused(
+            409,
+            "candidate_index_taken",
+            f"candidate {new.candidate_index} of group {new.candidate_group!r} is already "
+            f"recorded as {taken!r}",
+            candidate_group=new.candidate_group,
+            candidate_index=new.candidate_index,
+        )
+    values = asdict(new)
+    values.pop("feedback_token")
+    values.update(
+        feedback_token_hash=token_hash(new.feedback_token),
+        content_sha256=digest,
+        created_at=new.created_at or now,
+        recorded_at=now,
+    )
+    conn.execute(interactions.insert().values(values))
+    return True
+
+
+def get(conn: sa.Connection, response_id: str) -> dict[str, Any] | None:
+    """The stored row (with the token hash; callers decide what to show)."""
+    row = (
+        conn.execute(sa.select(interactions).where(interactions.c.response_id == response_id))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+def served(
+    conn: sa.Connection, response_ids: Iterable[str], cache: ServedCache
+) -> dict[str, Served]:
+    """The known ones among ``response_ids`` (unknown ids are simply missing)."""
+    found: dict[str, Served] = {}
+    missing = []
+    for response_id in response_ids:
+        hit = cache.get(response_id)
+        if hit is not None:
+            found[response_id] = hit
+        else:
+            missing.append(response_id)
+    if missing:
+        rows = conn.execute(
+            sa.select(*_SERVED_COLUMNS).where(interactions.c.response_id.in_(missing))
+        ).mappings()
+        for row in rows:
+            item = Served(**row)
+            cache.put(item)
+            found[item.response_id] = item
+    return found
+
+
+def group_members(conn: sa.Connection, candidate_group: str) -> list[Served]:
+    """Every recorded answer of one candidate group, in candidate order."""
+    rows = conn.execute(
+        sa.select(*_SERVED_COLUMNS)
+        .where(interactions.c.candidate_group == candidate_group)
+        .order_by(interactions.c.candidate_index)
+    ).mappings()
+    return [Served(**row) for row in rows]
