@@ -52,6 +52,8 @@ def _datetime(message, field: str) -> datetime | None:
 
 def _check_interaction(i: feedback_pb2.Interaction) -> list[tuple[str, str]]:
     problems = []
+    if not i.response_id:
+        problems.append(("interaction.response_id", "required"))
     for name in (
         "response_id",
         "candidate_group",
@@ -59,10 +61,7 @@ def _check_interaction(i: feedback_pb2.Interaction) -> list[tuple[str, str]]:
         "model_version",
         "api_key_id",
     ):
-        value = getattr(i, name)
-        if name in ("response_id", "feedback_token") and not value:
-            problems.append((f"interaction.{name}", "required"))
-        if len(value) > _ID_MAX:
+        if len(getattr(i, name)) > _ID_MAX:
             problems.append((f"interaction.{name}", f"at most {_ID_MAX} characters"))
     if not i.feedback_token:
         problems.append(("interaction.feedback_token", "required"))

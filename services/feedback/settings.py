@@ -30,6 +30,11 @@ class FeedbackSettings(ServiceSettings):
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Largest HTTP request body.")
     max_comment_chars: int = Field(2000, ge=0, description="Longest thumb comment.")
     max_candidates: int = Field(16, ge=2, description="Most answers one ranking may order.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the HTTP API (the chat page rates answers "
+        'with the feedback token), e.g. ["http://localhost:8000"]. Empty: no CORS headers.',
+    )
     export_page_size: int = Field(256, gt=0, description="Default comparison groups per page.")
     export_max_page_size: int = Field(2048, gt=0, description="Cap on a requested page size.")
     write_max_batch: int = Field(256, gt=0, description="Most requests in one group commit.")

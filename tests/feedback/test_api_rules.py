@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.common.credentials import new_api_key
 from services.common.generated.flywheel.v1 import feedback_pb2
 from tests.feedback.feedback_helpers import serve_group
@@ -314,3 +316,24 @@ def test_openapi_documents_the_api(feedback):
     )
     kinds = spec["components"]["schemas"]
     assert {"ThumbFeedback", "RankingFeedback", "PairwiseFeedback", "ErrorResponse"} <= set(kinds)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_browsers_of_allowed_origins_may_post_with_the_token(service_settings, request):
+    service_settings.cors_origins = ["http://chat.example"]
+    feedback = request.getfixturevalue("feedback")
+    preflight = feedback.http.options(
+        "/v1/feedback",
+        headers={
+            "Origin": "http://chat.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-feedback-token",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://chat.example"
+    other = feedback.http.options(
+        "/v1/feedback",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in other.headers

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -88,8 +89,8 @@ class _Observe:
             return
         started = time.perf_counter()
         status = {"code": 500}
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and int(length) > self.max_body_bytes:
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body_bytes:
             response = _error(
                 413,
                 "body_too_large",
@@ -134,6 +135,16 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         "feedback token returned with them (X-Feedback-Token).",
     )
 
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-Feedback-Token", "Authorization"],
+            expose_headers=["Location", "Idempotent-Replayed"],
+            max_age=600,
+        )
+
     @app.exception_handler(Refused)
     async def _refused(_request: Request, refused: Refused) -> JSONResponse:
         return JSONResponse(refused.to_json(), status_code=refused.status)
@@ -143,6 +154,11 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         response = _error(503, "storage_unavailable", "the store could not commit; retry")
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        # Logged where it happened (the writer logs failed writes); the client gets JSON too.
+        return _error(500, "internal_error", "the service failed to handle this request")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
