@@ -75,6 +75,11 @@ class StoreCollector(Collector):
             self._cached = (time.monotonic(), stats)
             return stats
 
+    def describe(self):
+        # Without describe(), registering would call collect(): a database query at start-up
+        # whose result the cache would then serve for max_age_s.
+        return []
+
     def collect(self):
         stats = self._stats()
         if stats is None:

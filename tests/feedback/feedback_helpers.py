@@ -111,14 +111,14 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.feedback"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.feedback"],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
