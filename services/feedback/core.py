@@ -22,6 +22,7 @@ from services.feedback.settings import FeedbackSettings
 from services.feedback.store import database, export, feedback, interactions, outbox
 from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand
 from services.feedback.store.interactions import NewInteraction, ServedCache
+from services.feedback.store.rawsql import RawSql
 from services.feedback.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class FeedbackCore:
         self.writer = StoreWriter(
             self._write_engine, max_batch=settings.write_max_batch, after_commit=self._wake_relay
         )
+        self.checkpointer = database.Checkpointer(self.read_engine, settings.checkpoint_interval_s)
         self.relay = OutboxRelay(
             self.read_engine,
             lambda ids: self.writer.call(lambda conn, _now: outbox.remove(conn, ids)),
@@ -59,10 +61,12 @@ class FeedbackCore:
     def start(self) -> None:
         self.writer.start()
         self.relay.start()
+        self.checkpointer.start()
 
     def stop(self) -> None:
         self.relay.stop()
         self.writer.stop()
+        self.checkpointer.stop()
         self.read_engine.dispose()
         self._write_engine.dispose()
 
@@ -127,7 +131,7 @@ class FeedbackCore:
                 raise Refused(
                     404, "unknown_feedback", "no feedback event has this id", event_id=event_id
                 )
-            group = interactions.group_members(conn, found["row"]["candidate_group"])
+            group = interactions.group_members(RawSql(conn), found["row"]["candidate_group"])
         self._check_reader(
             credential, found["row"]["rater_key_id"], [m.feedback_token_hash for m in group]
         )

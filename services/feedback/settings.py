@@ -47,6 +47,12 @@ class FeedbackSettings(ServiceSettings):
         gt=0,
         description="How long Redis remembers a delivered event (so a relay retry is skipped).",
     )
+    checkpoint_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="SQLite only: how often the WAL is copied into the database file (each copy "
+        "briefly slows commits on a busy disk; 1 s gave visible p99 spikes in the benchmark).",
+    )
     drain_timeout_s: float = Field(10.0, ge=0, description="Grace period on SIGTERM.")
 
     @property

@@ -1,19 +1,22 @@
 """The single writer: every write to the store goes through one thread, with group commit.
 
 Requests hand the writer a function of (connection, now); the writer runs what has queued up
-since its last commit in one transaction, each function in its own SAVEPOINT, and commits once.
+since its last commit in one transaction and commits once.
 Only after that commit (an fsync with SQLite's ``synchronous=FULL``) are the callers' futures
 resolved, so a 2xx always means the event is on disk, while N concurrent events cost one fsync
 instead of N. One writer also means SQLite never sees two writers fight over its lock.
 
-A function that raises leaves nothing behind (its savepoint is rolled back) and fails only its
-own caller. If the commit itself fails, every caller of the batch gets StorageUnavailable and
+A function must raise Refused (a client error) before its first write. A function that
+raises anything else makes the writer roll the batch back and run it again with a SAVEPOINT
+around each function, so the failure undoes only that function's writes and fails only its own
+caller. If the commit itself fails, every caller of the batch gets StorageUnavailable and
 nothing of it was acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -38,10 +41,27 @@ WriteFn = Callable[[sa.Connection, datetime], T]
 @dataclass
 class _Job:
     fn: WriteFn
-    future: Future
+    # A concurrent Future for threads; an asyncio future (with its loop) for coroutines.
+    future: Future | asyncio.Future
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    """Resolve a batch's asyncio futures, in their loop (one wake-up for the whole batch)."""
+    for future, ok, value in outcomes:
+        if future.done():  # the caller went away (client disconnected)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 _STOP = object()
+
+
+class _Isolate(Exception):
+    """A job failed unexpectedly in a batch run without savepoints: redo the batch with them."""
 
 
 class StoreWriter:
@@ -72,7 +92,10 @@ class StoreWriter:
 
     async def run(self, fn: WriteFn[T]) -> T:
         """Run ``fn`` in the next batch and wait for its commit, from async code."""
-        return await asyncio.wrap_future(self.submit(fn))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
 
     def call(self, fn: WriteFn[T], timeout: float | None = 30.0) -> T:
         """Run ``fn`` in the next batch and wait for its commit, from a thread."""
@@ -108,7 +131,8 @@ class StoreWriter:
             self._conn = self._engine.connect()
         return self._conn
 
-    def _run_one(self, conn: sa.Connection, job: _Job, now: datetime) -> tuple[bool, Any]:
+    def _run_isolated(self, conn: sa.Connection, job: _Job, now: datetime) -> tuple[bool, Any]:
+        """Run one job in its own savepoint: its failure undoes only its own writes."""
         for attempt in (1, 2):
             try:
                 with conn.begin_nested():
@@ -126,32 +150,65 @@ class StoreWriter:
                 return False, error
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _run_plain(conn: sa.Connection, job: _Job, now: datetime) -> tuple[bool, Any]:
+        try:
+            return True, job.fn(conn, now)
+        except Refused as refused:
+            return False, refused
+        except Exception as error:
+            raise _Isolate from error
+
+    def _attempt(self, jobs: list[_Job], now: datetime, isolate: bool) -> list[tuple[bool, Any]]:
+        conn = self._connection()
+        run = self._run_isolated if isolate else self._run_plain
+        with conn.begin():
+            return [run(conn, job, now) for job in jobs]
+
+    @staticmethod
+    def _resolve(jobs: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, (ok, value) in zip(jobs, outcomes, strict=True):
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+            elif ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, settled)
+
     def _run_batch(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        # A thread's job cancelled before it ran is dropped; a coroutine's job runs anyway (its
+        # caller may have disconnected after sending: the vote still counts and a retry with
+        # the same client_event_id finds it).
+        jobs = [j for j in jobs if j.loop is not None or j.future.set_running_or_notify_cancel()]
         if not jobs:
             return
         now = datetime.now(UTC)
-        outcomes = []
         try:
-            conn = self._connection()
-            with conn.begin():
-                for job in jobs:
-                    outcomes.append(self._run_one(conn, job, now))
+            try:
+                # Write functions raise Refused before their first write, so the common case
+                # needs no savepoints (they cost more than the rest of a vote's SQL).
+                outcomes = self._attempt(jobs, now, isolate=False)
+            except _Isolate as failure:
+                log.warning(
+                    "a write failed (%s); redoing its batch of %d with savepoints",
+                    failure.__cause__,
+                    len(jobs),
+                )
+                outcomes = self._attempt(jobs, now, isolate=True)
         except Exception as error:
             log.error("commit failed; %d requests not acknowledged: %s", len(jobs), error)
             if self._conn is not None:
                 self._conn.invalidate()
                 self._conn = None
-            for job in jobs:
-                job.future.set_exception(StorageUnavailable(str(error)))
+            self._resolve(jobs, [(False, StorageUnavailable(str(error)))] * len(jobs))
             return
         metrics.WRITE_BATCH.observe(len(jobs))
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
-        for job, (ok, value) in zip(jobs, outcomes, strict=True):
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+        self._resolve(jobs, outcomes)
         if self._after_commit is not None:
             self._after_commit()

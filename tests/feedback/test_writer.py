@@ -55,16 +55,20 @@ def test_a_refused_or_failing_request_leaves_nothing_and_spoils_nothing(engine):
     writer = StoreWriter(engine)
     writer.start()
 
-    def refused(conn, now):
+    def refused(conn, now):  # write functions refuse before their first write
+        raise Refused(409, "nope", "refused")
+
+    def fails_half_way(conn, now):
         conn.execute(notes.insert().values(text="half-done"))
-        raise Refused(409, "nope", "refused after writing")
+        raise RuntimeError("bug after a write")
 
     gate = threading.Event()
     writer.submit(lambda conn, now: gate.wait(10))
     results = [
         writer.submit(add("before")),
         writer.submit(refused),
-        writer.submit(add("before")),
+        writer.submit(fails_half_way),
+        writer.submit(add("before")),  # a duplicate key
         writer.submit(add("after")),
     ]
     gate.set()
@@ -72,8 +76,9 @@ def test_a_refused_or_failing_request_leaves_nothing_and_spoils_nothing(engine):
     writer.stop()
     assert results[0].result() == "before"
     assert isinstance(results[1].exception(), Refused)
-    assert isinstance(results[2].exception(), sa.exc.IntegrityError)  # duplicate key
-    assert results[3].result() == "after"
+    assert isinstance(results[2].exception(), RuntimeError)
+    assert isinstance(results[3].exception(), sa.exc.IntegrityError)
+    assert results[4].result() == "after"
     assert stored(engine) == {"before", "after"}
 
 

@@ -6,7 +6,6 @@ Every error is a JSON body ``{"error": {"code", "message", "details"}}`` with a 
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Request
@@ -17,19 +16,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from services.common.credentials import api_key_id
-from services.feedback import metrics
+from services.feedback.api.ingest import (
+    Edge,
+    accept,
+    credential,
+    invalid_request,
+    validation_problems,
+)
 from services.feedback.api.schemas import (
     ErrorResponse,
     FeedbackEvent,
     FeedbackRequest,
     InteractionOut,
-    RankingFeedback,
-    ThumbFeedback,
 )
 from services.feedback.core import FeedbackCore
 from services.feedback.errors import Refused, StorageUnavailable
-from services.feedback.store.feedback import Credential, FeedbackCommand
 
 _ERRORS = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 410, 413, 422, 503)
@@ -38,91 +39,6 @@ _ERRORS = {
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(Refused(status, code, message, **details).to_json(), status_code=status)
-
-
-def _credential(authorization: str | None, feedback_token: str | None) -> Credential:
-    if authorization:
-        scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Refused(401, "bad_authorization", "use 'Authorization: Bearer <API key>'")
-        return Credential(api_key_id=api_key_id(secret.strip()))
-    if feedback_token:
-        return Credential(feedback_token=feedback_token)
-    return Credential()
-
-
-def _command(
-    body: FeedbackRequest, credential: Credential, max_comment: int, max_k: int
-) -> FeedbackCommand:
-    payload = body.model_dump(exclude={"kind", "client_event_id", "feedback_token"})
-    if isinstance(body, ThumbFeedback) and body.comment and len(body.comment) > max_comment:
-        raise Refused(
-            422,
-            "comment_too_long",
-            f"comments are at most {max_comment} characters",
-            length=len(body.comment),
-            limit=max_comment,
-        )
-    if isinstance(body, RankingFeedback):
-        size = sum(len(tier) for tier in body.ranking)
-        if size > max_k:
-            raise Refused(
-                422,
-                "ranking_too_long",
-                f"a ranking orders at most {max_k} answers",
-                size=size,
-                limit=max_k,
-            )
-    return FeedbackCommand(body.kind, payload, credential, body.client_event_id)
-
-
-class _Observe:
-    """Pure ASGI middleware: request latency by route, and the request body size cap."""
-
-    def __init__(self, app, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = {"code": 500}
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body_bytes:
-            response = _error(
-                413,
-                "body_too_large",
-                f"request bodies are at most {self.max_body_bytes} bytes",
-                limit=self.max_body_bytes,
-            )
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise Refused(
-                    413, "body_too_large", "request body too large", limit=self.max_body_bytes
-                )
-            return message
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, send_and_note)
-        finally:
-            route = scope.get("route")
-            metrics.REQUEST_LATENCY.labels(
-                "http", getattr(route, "path", "unmatched"), str(status["code"])
-            ).observe(time.perf_counter() - started)
 
 
 def create_app(core: FeedbackCore) -> ASGIApp:
@@ -134,16 +50,6 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         "the API key that received the answers (Authorization: Bearer ...) or with the "
         "feedback token returned with them (X-Feedback-Token).",
     )
-
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-Feedback-Token", "Authorization"],
-            expose_headers=["Location", "Idempotent-Replayed"],
-            max_age=600,
-        )
 
     @app.exception_handler(Refused)
     async def _refused(_request: Request, refused: Refused) -> JSONResponse:
@@ -162,13 +68,8 @@ def create_app(core: FeedbackCore) -> ASGIApp:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"], "type": e["type"]}
-            for e in error.errors()
-        ]
-        return _error(
-            422, "invalid_request", "the request does not match the API schema", errors=problems
-        )
+        refused = invalid_request(validation_problems(error.errors(), prefix=()))
+        return JSONResponse(refused.to_json(), status_code=refused.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -193,14 +94,10 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         authorization: Annotated[str | None, Header()] = None,
         x_feedback_token: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
-        credential = _credential(authorization, x_feedback_token or body.feedback_token)
-        command = _command(body, credential, settings.max_comment_chars, settings.max_candidates)
-        accepted = await core.submit_feedback(command)
-        event = accepted.event
-        headers = {"Location": f"/v1/feedback/{event['id']}"}
-        if accepted.replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(event, status_code=200 if accepted.replayed else 201, headers=headers)
+        # Edge (ingest.py) answers this route before FastAPI sees it; this declaration gives
+        # the OpenAPI document and serves if Edge is ever bypassed. Both run ingest.accept.
+        status, event, headers = await accept(core, body, authorization, x_feedback_token)
+        return JSONResponse(event, status_code=status, headers=headers)
 
     @app.get(
         "/v1/feedback/{event_id}",
@@ -213,7 +110,7 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         authorization: Annotated[str | None, Header()] = None,
         x_feedback_token: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
-        return JSONResponse(core.get_event(event_id, _credential(authorization, x_feedback_token)))
+        return JSONResponse(core.get_event(event_id, credential(authorization, x_feedback_token)))
 
     @app.get(
         "/v1/interactions/{response_id}",
@@ -226,7 +123,7 @@ def create_app(core: FeedbackCore) -> ASGIApp:
         authorization: Annotated[str | None, Header()] = None,
         x_feedback_token: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
-        row = core.get_interaction(response_id, _credential(authorization, x_feedback_token))
+        row = core.get_interaction(response_id, credential(authorization, x_feedback_token))
         return {**row, "created_at": row["created_at"].isoformat()}
 
     @app.get("/healthz", include_in_schema=False)
@@ -245,4 +142,15 @@ def create_app(core: FeedbackCore) -> ASGIApp:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return _Observe(app, settings.max_body_bytes)
+    edge = Edge(app, core)
+    if not settings.cors_origins:
+        return edge
+    # Outside Edge, so the fast path's answers carry the CORS headers too.
+    return CORSMiddleware(
+        edge,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "X-Feedback-Token", "Authorization"],
+        expose_headers=["Location", "Idempotent-Replayed"],
+        max_age=600,
+    )

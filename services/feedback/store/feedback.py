@@ -10,20 +10,21 @@ the feedback window (410), then the shape of the vote (422/409).
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 
 from services.common.credentials import token_matches
 from services.feedback import comparisons as derive
 from services.feedback.errors import Refused
 from services.feedback.store import interactions as served_answers
 from services.feedback.store.interactions import Served, ServedCache
-from services.feedback.store.tables import comparisons, feedback_events, outbox
+from services.feedback.store.rawsql import RawSql
+from services.feedback.store.tables import comparisons, feedback_events
 
 Kind = Literal["thumb", "ranking", "pairwise"]
 
@@ -58,10 +59,9 @@ class FeedbackCommand:
         return [self.payload["response_a"], self.payload["response_b"]]
 
     def request_sha256(self) -> str:
-        canonical = json.dumps(
-            {"kind": self.kind, "payload": self.payload}, sort_keys=True, separators=(",", ":")
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        # The API layer builds payloads from pydantic models, so their key order is fixed and
+        # the same request always encodes to the same bytes.
+        return hashlib.sha256(to_json({"kind": self.kind, "payload": self.payload})).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,9 @@ def _one_group(answers: list[Served]) -> str:
     return groups[0]
 
 
-def _check_ranking(conn: sa.Connection, command: FeedbackCommand, group: str) -> list[Served]:
+def _check_ranking(sql: RawSql, command: FeedbackCommand, group: str) -> None:
     ranked = command.response_ids()
-    members = served_answers.group_members(conn, group)
+    members = served_answers.group_members(sql, group)
     expected = members[0].candidate_count
     if len(members) < expected:
         raise Refused(
@@ -166,7 +166,6 @@ def _check_ranking(conn: sa.Connection, command: FeedbackCommand, group: str) ->
             missing=missing,
             candidate_group=group,
         )
-    return members
 
 
 def _subject(command: FeedbackCommand, group: str) -> str:
@@ -180,76 +179,60 @@ def _subject(command: FeedbackCommand, group: str) -> str:
 # ---- writes ---------------------------------------------------------------------------------
 
 
-def _replay(conn: sa.Connection, command: FeedbackCommand, rater: str) -> Accepted | None:
+def _replay(
+    conn: sa.Connection, sql: RawSql, command: FeedbackCommand, rater: str
+) -> Accepted | None:
     if command.client_event_id is None:
         return None
-    row = (
-        conn.execute(
-            sa.select(feedback_events).where(
-                feedback_events.c.rater_key_id == rater,
-                feedback_events.c.client_event_id == command.client_event_id,
-            )
-        )
-        .mappings()
-        .first()
+    found = sql.first(
+        "SELECT id, request_sha256 FROM feedback_events "
+        "WHERE rater_key_id = :rater AND client_event_id = :cid",
+        {"rater": rater, "cid": command.client_event_id},
     )
-    if row is None:
+    if found is None:
         return None
-    if row["request_sha256"] != command.request_sha256():
+    event_id, request_sha256 = found
+    if request_sha256 != command.request_sha256():
         raise Refused(
             409,
             "client_event_id_reused",
             "this client_event_id was already used for a different feedback request",
             client_event_id=command.client_event_id,
-            event_id=row["id"],
+            event_id=event_id,
         )
-    return Accepted(event_view(row, _revision_of(conn, row["id"])), replayed=True)
+    return Accepted(get_event(conn, event_id)["view"], replayed=True)
 
 
-def _supersede_vote(
-    conn: sa.Connection, rater: str, kind: str, subject: str, new_id: str
-) -> str | None:
+def _supersede_vote(sql: RawSql, rater: str, kind: str, subject: str, new_id: str) -> str | None:
     """Mark the current vote on ``subject`` replaced by ``new_id``; return its id."""
-    previous = conn.execute(
-        sa.select(feedback_events.c.id).where(
-            feedback_events.c.rater_key_id == rater,
-            feedback_events.c.kind == kind,
-            feedback_events.c.subject == subject,
-            feedback_events.c.replaced_by.is_(None),
-        )
-    ).scalar()
-    if previous is not None:
-        conn.execute(
-            feedback_events.update()
-            .where(feedback_events.c.id == previous)
-            .values(replaced_by=new_id)
-        )
-    return previous
-
-
-def _thumbs_in_group(conn: sa.Connection, rater: str, group: str) -> dict[str, int]:
-    rows = conn.execute(
-        sa.select(feedback_events.c.subject, feedback_events.c.thumb_value).where(
-            feedback_events.c.rater_key_id == rater,
-            feedback_events.c.kind == "thumb",
-            feedback_events.c.candidate_group == group,
-            feedback_events.c.replaced_by.is_(None),
-        )
+    previous = sql.first(
+        "UPDATE feedback_events SET replaced_by = :new "
+        "WHERE rater_key_id = :rater AND kind = :kind AND subject = :subject "
+        "AND replaced_by IS NULL RETURNING id",
+        {"new": new_id, "rater": rater, "kind": kind, "subject": subject},
     )
-    return {subject: value for subject, value in rows}
+    return previous[0] if previous else None
+
+
+def _thumbs_in_group(sql: RawSql, rater: str, group: str) -> dict[str, int]:
+    rows = sql.all(
+        "SELECT subject, thumb_value FROM feedback_events WHERE candidate_group = :group "
+        "AND rater_key_id = :rater AND kind = 'thumb' AND replaced_by IS NULL",
+        {"group": group, "rater": rater},
+    )
+    return dict(rows)
 
 
 def _derive_pairs(
-    conn: sa.Connection, command: FeedbackCommand, rater: str, group: str, cache: ServedCache
+    sql: RawSql, command: FeedbackCommand, rater: str, group: str, cache: ServedCache
 ) -> tuple[str, derive.Pairs]:
     """(lineage subject, pairs) for the comparison this event changes."""
     if command.kind == "thumb":
-        thumbs = _thumbs_in_group(conn, rater, group)
-        order = {
-            r: s.candidate_index for r, s in served_answers.served(conn, thumbs, cache).items()
-        }
+        thumbs = _thumbs_in_group(sql, rater, group)
+        answers = served_answers.served(sql, thumbs, cache)
+        order = {r: s.candidate_index for r, s in answers.items()}
         return group, derive.from_thumbs(thumbs, order)
-    answers = served_answers.served(conn, command.response_ids(), cache)
+    answers = served_answers.served(sql, command.response_ids(), cache)
     order = {r: s.candidate_index for r, s in answers.items()}
     if command.kind == "ranking":
         return group, derive.from_ranking(command.payload["ranking"], order)
@@ -259,8 +242,26 @@ def _derive_pairs(
     )
 
 
+_INSERT_EVENT = (
+    "INSERT INTO feedback_events (id, kind, rater_key_id, via, client_event_id, request_sha256, "
+    "subject, candidate_group, payload, thumb_value, model_version, replaces, replaced_by, "
+    "recorded_at) VALUES (:id, :kind, :rater_key_id, :via, :client_event_id, :request_sha256, "
+    ":subject, :candidate_group, :payload, :thumb_value, :model_version, :replaces, "
+    ":replaced_by, :recorded_at)"
+)
+_INSERT_REVISION = (
+    "INSERT INTO comparisons (id, comparison_id, source, rater_key_id, candidate_group, "
+    "candidates, pairs, pair_count, event_id, recorded_at, superseded_at) VALUES (:id, "
+    ":comparison_id, :source, :rater_key_id, :candidate_group, :candidates, :pairs, "
+    ":pair_count, :event_id, :recorded_at, NULL)"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (event_id, message, created_at) VALUES (:event_id, :message, :created_at)"
+)
+
+
 def _revise_comparison(
-    conn: sa.Connection,
+    sql: RawSql,
     *,
     source: str,
     rater: str,
@@ -272,10 +273,10 @@ def _revise_comparison(
 ) -> dict[str, Any] | None:
     """Supersede the current revision of this comparison; add the new one if it has pairs."""
     cid = comparison_id(source, rater, lineage_subject)
-    conn.execute(
-        comparisons.update()
-        .where(comparisons.c.comparison_id == cid, comparisons.c.superseded_at.is_(None))
-        .values(superseded_at=now)
+    sql.execute(
+        "UPDATE comparisons SET superseded_at = :now "
+        "WHERE comparison_id = :cid AND superseded_at IS NULL",
+        {"now": sql.time(now), "cid": cid},
     )
     if not pairs.pairs:
         return None
@@ -290,9 +291,16 @@ def _revise_comparison(
         "pair_count": len(pairs.pairs),
         "event_id": event_id,
         "recorded_at": now,
-        "superseded_at": None,
     }
-    conn.execute(comparisons.insert().values(revision))
+    sql.execute(
+        _INSERT_REVISION,
+        {
+            **revision,
+            "candidates": sql.json(revision["candidates"]),
+            "pairs": sql.json(revision["pairs"]),
+            "recorded_at": sql.time(now),
+        },
+    )
     return revision
 
 
@@ -311,7 +319,8 @@ def apply(
         raise Refused(
             422, "duplicate_response", "each answer may appear once", response_ids=duplicates
         )
-    known = served_answers.served(conn, wanted, cache)
+    sql = RawSql(conn)
+    known = served_answers.served(sql, wanted, cache)
     unknown = [r for r in wanted if r not in known]
     if unknown:
         raise Refused(
@@ -319,17 +328,19 @@ def apply(
         )
     answers = [known[r] for r in wanted]
     rater, via = _authorise(command, answers)
-    replay = _replay(conn, command, rater)
+    replay = _replay(conn, sql, command, rater)
     if replay is not None:
         return replay
     _check_window(answers, now, ttl)
     group = _one_group(answers)
     if command.kind == "ranking":
-        _check_ranking(conn, command, group)
+        _check_ranking(sql, command, group)
 
+    # Every refusal is above this line: from here on the function only writes (the writer
+    # relies on that to skip per-request savepoints).
     event_id = _new_id("fb")
     subject = _subject(command, group)
-    replaces = _supersede_vote(conn, rater, command.kind, subject, event_id)
+    replaces = _supersede_vote(sql, rater, command.kind, subject, event_id)
     thumb = command.kind == "thumb"
     row = {
         "id": event_id,
@@ -347,10 +358,12 @@ def apply(
         "replaced_by": None,
         "recorded_at": now,
     }
-    conn.execute(feedback_events.insert().values(row))
-    lineage_subject, pairs = _derive_pairs(conn, command, rater, group, cache)
+    sql.execute(
+        _INSERT_EVENT, {**row, "payload": sql.json(command.payload), "recorded_at": sql.time(now)}
+    )
+    lineage_subject, pairs = _derive_pairs(sql, command, rater, group, cache)
     revision = _revise_comparison(
-        conn,
+        sql,
         source=command.kind,
         rater=rater,
         group=group,
@@ -359,10 +372,13 @@ def apply(
         event_id=event_id,
         now=now,
     )
-    conn.execute(
-        outbox.insert().values(
-            event_id=event_id, message=stream_message(row, revision), created_at=now
-        )
+    sql.execute(
+        _INSERT_OUTBOX,
+        {
+            "event_id": event_id,
+            "message": sql.json(stream_message(row, revision)),
+            "created_at": sql.time(now),
+        },
     )
     return Accepted(event_view(row, revision), replayed=False)
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from services.common.credentials import token_hash
 from services.feedback.errors import Refused
+from services.feedback.store.rawsql import RawSql, in_list, in_params
 from services.feedback.store.tables import interactions
 
 
@@ -55,9 +56,6 @@ class Served:
     feedback_token_hash: str
     model_version: str
     created_at: datetime
-
-
-_SERVED_COLUMNS = [getattr(interactions.c, f) for f in Served.__dataclass_fields__]
 
 
 @dataclass
@@ -137,9 +135,17 @@ def get(conn: sa.Connection, response_id: str) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def served(
-    conn: sa.Connection, response_ids: Iterable[str], cache: ServedCache
-) -> dict[str, Served]:
+_SERVED_SQL = (
+    "SELECT response_id, candidate_group, candidate_index, candidate_count, api_key_id, "
+    "feedback_token_hash, model_version, created_at FROM interactions"
+)
+
+
+def _served_row(sql: RawSql, row: tuple) -> Served:
+    return Served(*row[:7], created_at=sql.read_time(row[7]))
+
+
+def served(sql: RawSql, response_ids: Iterable[str], cache: ServedCache) -> dict[str, Served]:
     """The known ones among ``response_ids`` (unknown ids are simply missing)."""
     found: dict[str, Served] = {}
     missing = []
@@ -150,21 +156,20 @@ def served(
         else:
             missing.append(response_id)
     if missing:
-        rows = conn.execute(
-            sa.select(*_SERVED_COLUMNS).where(interactions.c.response_id.in_(missing))
-        ).mappings()
+        rows = sql.all(
+            f"{_SERVED_SQL} WHERE response_id IN ({in_list('r', len(missing))})",
+            in_params("r", missing),
+        )
         for row in rows:
-            item = Served(**row)
+            item = _served_row(sql, row)
             cache.put(item)
             found[item.response_id] = item
     return found
 
 
-def group_members(conn: sa.Connection, candidate_group: str) -> list[Served]:
+def group_members(sql: RawSql, candidate_group: str) -> list[Served]:
     """Every recorded answer of one candidate group, in candidate order."""
-    rows = conn.execute(
-        sa.select(*_SERVED_COLUMNS)
-        .where(interactions.c.candidate_group == candidate_group)
-        .order_by(interactions.c.candidate_index)
-    ).mappings()
-    return [Served(**row) for row in rows]
+    rows = sql.all(
+        f"{_SERVED_SQL} WHERE candidate_group = :g ORDER BY candidate_index", {"g": candidate_group}
+    )
+    return [_served_row(sql, row) for row in rows]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from services.feedback.store.rawsql import RawSql, in_list, in_params
 from services.feedback.store.tables import outbox
 
 
@@ -16,17 +17,22 @@ class Pending:
     message: dict[str, str]
 
 
+# Hand-written SQL (rawsql.py): the relay runs these for every batch of events it delivers.
+
+
 def oldest(conn: sa.Connection, limit: int) -> list[Pending]:
-    rows = conn.execute(
-        sa.select(outbox.c.id, outbox.c.event_id, outbox.c.message)
-        .order_by(outbox.c.id)
-        .limit(limit)
+    sql = RawSql(conn)
+    rows = sql.all(
+        "SELECT id, event_id, message FROM outbox ORDER BY id LIMIT :limit", {"limit": limit}
     )
-    return [Pending(*row) for row in rows]
+    return [Pending(id, event_id, sql.read_json(message)) for id, event_id, message in rows]
 
 
 def remove(conn: sa.Connection, ids: list[int]) -> None:
-    conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+    if ids:
+        RawSql(conn).execute(
+            f"DELETE FROM outbox WHERE id IN ({in_list('i', len(ids))})", in_params("i", ids)
+        )
 
 
 def backlog(conn: sa.Connection) -> int:
