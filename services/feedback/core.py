@@ -45,12 +45,13 @@ class FeedbackCore:
         self.writer = StoreWriter(
             self._write_engine, max_batch=settings.write_max_batch, after_commit=self._wake_relay
         )
-        self.checkpointer = database.Checkpointer(self.read_engine, settings.checkpoint_interval_s)
+        self.checkpointer = database.Checkpointer(url, settings.checkpoint_interval_s)
         self.relay = OutboxRelay(
             self.read_engine,
             lambda ids: self.writer.call(lambda conn, _now: outbox.remove(conn, ids)),
             redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5),
             batch_size=settings.outbox_batch,
+            gather_s=settings.outbox_gather_s,
             stream_maxlen=settings.stream_maxlen,
             dedupe_ttl_s=settings.outbox_dedupe_ttl_s,
         )

@@ -58,7 +58,7 @@ class OutboxRelay:
         stream_maxlen: int = 1_000_000,
         dedupe_ttl_s: int = 7 * 24 * 3600,
         idle_poll_s: float = 1.0,
-        gather_s: float = 0.02,
+        gather_s: float = 0.05,
         max_backoff_s: float = 5.0,
     ) -> None:
         self._engine = read_engine

@@ -10,6 +10,7 @@ has to upgrade a read lock; readers use plain deferred transactions and never bl
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # 64 MiB of page cache per connection instead of SQLite's 2 MiB: the indexes a vote
+        # touches stay in memory as the store grows.
+        cursor.execute("PRAGMA cache_size=-65536")
         if writer:
             # The writer never checkpoints itself (a checkpoint inside a commit stalls every
             # request of that batch); the store's Checkpointer thread does it in the background.
@@ -102,34 +106,37 @@ def schema_is_current(engine: sa.Engine) -> bool:
 class Checkpointer:
     """Copies SQLite's write-ahead log into the database file in the background.
 
-    PASSIVE checkpoints never block the writer or readers; they run off the writer's thread
-    (SQLite releases the GIL meanwhile), so commits stay a WAL append + fsync.
+    The writer never checkpoints (``wal_autocheckpoint=0``): a checkpoint inside a commit would
+    stall every request of that batch. Here PASSIVE checkpoints, which never block the writer or
+    readers, run on their own connection and thread (SQLite releases the GIL meanwhile). They
+    run often so that each copies little: a big copy's fsync holds up the writer's next WAL
+    fsync on the same disk (measured: 1 s and 5 s intervals gave 100-450 ms p99 spikes under
+    load; 0.25 s did not).
     """
 
-    def __init__(self, engine: sa.Engine, interval_s: float = 5.0) -> None:
-        self._engine = engine
+    def __init__(self, url: str, interval_s: float = 0.25) -> None:
+        self._path = sa.make_url(url).database if is_sqlite(url) else None
         self._interval_s = interval_s
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
     def start(self) -> None:
-        if is_sqlite(self._engine.url):
+        if self._path:
             self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(10)
-        if is_sqlite(self._engine.url):
-            self.checkpoint()  # leave a compact file behind on a clean stop
-
-    def checkpoint(self) -> None:
-        with self._engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _run(self) -> None:
-        while not self._stopping.wait(self._interval_s):
-            try:
-                self.checkpoint()
-            except Exception:
-                log.warning("WAL checkpoint failed; will retry", exc_info=True)
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stopping.wait(self._interval_s):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint failed; will retry", exc_info=True)
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # a compact file on a clean stop
+        finally:
+            connection.close()

@@ -10,7 +10,8 @@ the feedback window (410), then the shape of the vote (422/409).
 from __future__ import annotations
 
 import hashlib
-import uuid
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -73,7 +74,10 @@ class Accepted:
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """A unique id that sorts by creation time (48-bit milliseconds, then 80 random bits), as
+    UUIDv7 does: new rows land at the end of the primary-key B-tree instead of on random pages,
+    which keeps each commit's write-ahead log (and each checkpoint) small."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def comparison_id(source: str, rater_key_id: str, subject: str) -> str:
