@@ -35,3 +35,12 @@ def test_sqlite_runs_in_wal_with_fsync_on_commit(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     engine.dispose()
+
+
+def test_sqlite_uses_small_pages_for_new_files(tmp_path):
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
+    database.migrate(url)
+    engine = database.make_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 1024
+    engine.dispose()
