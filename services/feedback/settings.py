@@ -19,7 +19,7 @@ class FeedbackSettings(ServiceSettings):
     migrate_on_start: bool = Field(
         True,
         description="Bring the schema up to date at start. Turn off when a Helm hook (or an "
-        "operator) runs `flywheel feedback migrate` before the pods start.",
+        "operator) runs `python -m services.feedback migrate` before the pods start.",
     )
     http_host: str = "0.0.0.0"
     http_port: int = Field(8001, description="HTTP API for clients (and /metrics).")
