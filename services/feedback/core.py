@@ -37,7 +37,8 @@ class FeedbackCore:
         self.read_engine = database.make_engine(url)
         if not database.schema_is_current(self.read_engine):
             raise RuntimeError(
-                "the feedback database schema is not current; run `python -m services.feedback migrate`"
+                "the feedback database schema is not current; "
+                "run `python -m services.feedback migrate`"
             )
         self.ttl = timedelta(seconds=settings.feedback_ttl_s)
         self._cache = ServedCache()

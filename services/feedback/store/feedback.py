@@ -2,9 +2,9 @@
 
 Everything here runs inside one write transaction (see writer.py), so an event, the vote it
 replaces, its comparison revision and its outbox message are stored together or not at all.
-Checks come first and write nothing, in this order: the answers exist (404), the caller may
-rate them (401/403), a retried ``client_event_id`` (replay, or 409 if the request differs),
-the feedback window (410), then the shape of the vote (422/409).
+Checks come first and write nothing, in this order: no answer twice (422), the answers exist
+(404), the caller may rate them (401/403), a retried ``client_event_id`` (replay, or 409 if the
+request differs), the feedback window (410), then the shape of the vote (422/409).
 """
 
 from __future__ import annotations
