@@ -1,0 +1,1 @@
+"""The reward service: scores answers with the current reward model (work in progress)."""
