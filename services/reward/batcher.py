@@ -134,9 +134,11 @@ class DynamicBatcher(Generic[Item, Result]):
             now = time.monotonic()
             live = []
             for request in batch:
+                if not request.future.set_running_or_notify_cancel():
+                    continue  # its caller gave up (cancelled) while it waited
                 if request.deadline is not None and request.deadline <= now:
                     request.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
-                elif request.future.set_running_or_notify_cancel():
+                else:
                     live.append(request)
             if live:
                 self._execute(live)

@@ -108,3 +108,19 @@ def test_an_oversized_request_runs_in_chunks_of_max_batch():
     assert batcher.submit(list(range(7))).result(10) == [i * i for i in range(7)]
     batcher.stop()
     assert [len(items) for _, items in run.batches] == [3, 3, 1]
+
+
+def test_a_request_cancelled_by_its_caller_is_skipped():
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = DynamicBatcher(run, max_batch=4, window_s=0)
+    batcher.start()
+    blocker = batcher.submit([1])
+    time.sleep(0.05)
+    abandoned = batcher.submit([2], deadline=time.monotonic() - 1)
+    assert abandoned.cancel()
+    gate.set()
+    blocker.result(10)
+    assert batcher.submit([3]).result(10) == [9]  # the worker is still alive
+    batcher.stop()
+    assert all(2 not in items for _, items in run.batches)

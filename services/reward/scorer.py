@@ -1,0 +1,167 @@
+"""The reward model, served: which version is loaded, hot reload, and scoring through the
+dynamic batcher.
+
+The model is :class:`services.rlhf.heads.ScalarHeadModel` and prompts and answers are encoded
+with :mod:`services.rlhf.tokenization`, exactly as the trainer scores them, so a trained RM
+gives the same rewards here as in training. Every call is admitted under the version serving
+at that moment and batched only with calls of the same version: a reload loads the new
+version beside the old, switches new calls to it, and lets calls in flight finish on the old.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import torch
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from services.common.model_loading import default_dtype, load_tokenizer, pick_device
+from services.common.registry import ModelRegistry
+from services.reward.batcher import DeadlineExceeded, DynamicBatcher
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.tokenization import Message, encode_prompt_answer, pad
+
+log = logging.getLogger(__name__)
+
+ROLE = "reward"
+
+
+class NotLoaded(Exception):
+    """No reward model version is loaded yet."""
+
+
+class TooLong(ValueError):
+    """A prompt + answer is longer than the service scores."""
+
+    def __init__(self, call: int, answer: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"call {call}, answer {answer}: prompt + answer are {tokens} tokens; at most {limit}"
+        )
+        self.call, self.answer, self.tokens, self.limit = call, answer, tokens, limit
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: the batcher keys batches by it
+class ServedModel:
+    version: str
+    model: ScalarHeadModel
+    tokenizer: PreTrainedTokenizerBase
+    loaded_at: datetime
+
+
+class RewardScorer:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        device: str = "auto",
+        max_tokens: int = 1024,
+        max_batch: int = 32,
+        window_s: float = 0.005,
+        max_queue: int = 512,
+    ) -> None:
+        self._registry = registry
+        self._device = pick_device(device)
+        self._dtype = default_dtype(self._device)
+        self.max_tokens = max_tokens
+        self._current: ServedModel | None = None
+        self._reload_lock = threading.Lock()
+        self._batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch=max_batch,
+            window_s=window_s,
+            max_queue=max_queue,
+            name="reward-batcher",
+        )
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    def stop(self) -> None:
+        self._batcher.stop()
+
+    def reload(self, version: str = "") -> tuple[str, str]:
+        """Serve ``version`` (default: the promoted one); (previous, current) version names.
+
+        Registry errors (unknown or corrupt version) propagate, and the old version keeps
+        serving.
+        """
+        with self._reload_lock:
+            info = self._registry.resolve(f"{ROLE}/{version}" if version else ROLE)
+            previous = self._current.version if self._current else ""
+            if previous == info.version:
+                return previous, previous
+            self._registry.verify(ROLE, info.version)
+            started = time.perf_counter()
+            model = ScalarHeadModel.from_pretrained(
+                info.path, dtype=self._dtype, device=str(self._device)
+            )
+            model.eval()
+            tokenizer = load_tokenizer(info.path)
+            self._current = ServedModel(info.version, model, tokenizer, datetime.now(UTC))
+            log.info(
+                "reward model %s serving (was %s), loaded in %.1f s",
+                info.version,
+                previous or "none",
+                time.perf_counter() - started,
+            )
+            return previous, info.version
+
+    def _encode(
+        self, served: ServedModel, prompt: Sequence[Message], answers: Sequence[str], call: int
+    ) -> list[list[int]]:
+        encoded = []
+        for index, answer in enumerate(answers):
+            # Encoded without truncation: an over-long input is refused, not silently cut.
+            ids = encode_prompt_answer(served.tokenizer, prompt, answer, 1 << 30).input_ids
+            if len(ids) > self.max_tokens:
+                raise TooLong(call, index, len(ids), self.max_tokens)
+            encoded.append(ids)
+        return encoded
+
+    def score(
+        self,
+        calls: Sequence[tuple[Sequence[Message], Sequence[str]]],
+        deadline: float | None = None,
+    ) -> tuple[str, list[list[float]]]:
+        """Rewards for each (prompt, answers) call, all scored by one version: (version, rewards).
+
+        Raises NotLoaded, TooLong, batcher.Overloaded or batcher.DeadlineExceeded.
+        """
+        served = self._current
+        if served is None:
+            raise NotLoaded("no reward model is loaded yet")
+        items, sizes = [], []
+        for call, (prompt, answers) in enumerate(calls):
+            items += self._encode(served, prompt, answers, call)
+            sizes.append(len(answers))
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the deadline passed before scoring started")
+        future = self._batcher.submit(items, key=served, deadline=deadline)
+        try:
+            rewards = future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlineExceeded("deadline passed while scoring") from None
+        grouped, start = [], 0
+        for size in sizes:
+            grouped.append(rewards[start : start + size])
+            start += size
+        return served.version, grouped
+
+    @staticmethod
+    def _run_batch(served: ServedModel, items: list[list[int]]) -> list[float]:
+        device = served.model.device
+        ids, mask = pad(items, served.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            return served.model.rewards(ids.to(device), mask.to(device)).float().tolist()

@@ -1,0 +1,134 @@
+"""The served reward model: same scores as the RM library, batching changes nothing, versions
+reload without failing calls, and bad input is refused before it costs compute."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from services.common.registry import ModelRegistry
+from services.reward.batcher import DeadlineExceeded
+from services.reward.scorer import NotLoaded, RewardScorer, TooLong
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.reward_model import score_answers
+
+PROMPT = [{"role": "user", "content": "Name a colour."}]
+ANSWERS = ["Blue.", "Red, like a ripe tomato.", "I would rather not say."]
+
+
+def _add_rm(registry: ModelRegistry, tiny_model_dir, seed: int) -> str:
+    torch.manual_seed(seed)
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def write(folder):
+        rm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
+
+
+@pytest.fixture
+def reward_store(tiny_model_dir, tmp_path) -> ModelRegistry:
+    """reward/v0 (promoted) and reward/v1, tiny RMs with different heads."""
+    registry = ModelRegistry(tmp_path / "models")
+    v0 = _add_rm(registry, tiny_model_dir, seed=1)
+    _add_rm(registry, tiny_model_dir, seed=2)
+    registry.promote("reward", v0)
+    return registry
+
+
+@pytest.fixture
+def scorer(reward_store):
+    scorer = RewardScorer(reward_store, device="cpu", max_tokens=256, window_s=0.01)
+    scorer.start()
+    yield scorer
+    scorer.stop()
+
+
+def test_nothing_is_scored_before_a_model_is_loaded(scorer):
+    with pytest.raises(NotLoaded):
+        scorer.score([(PROMPT, ANSWERS)])
+
+
+def test_scores_equal_the_rm_librarys_own(scorer, reward_store):
+    assert scorer.reload() == ("", "v0")
+    version, [rewards] = scorer.score([(PROMPT, ANSWERS)])
+    info = reward_store.get("reward", "v0")
+    model = ScalarHeadModel.from_pretrained(info.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    with torch.inference_mode():
+        expected = score_answers(model, tokenizer, [(PROMPT, a) for a in ANSWERS])
+    assert version == "v0"
+    assert rewards == pytest.approx(expected, abs=1e-5)
+
+
+def test_concurrent_batched_calls_score_as_one_at_a_time(scorer):
+    scorer.reload()
+    prompts = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(12)]
+    alone = [scorer.score([(p, ANSWERS)])[1][0] for p in prompts]
+    results: list = [None] * len(prompts)
+
+    def call(i):
+        results[i] = scorer.score([(prompts[i], ANSWERS)])[1][0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for got, want in zip(results, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_reload_switches_versions_and_is_idempotent(scorer):
+    scorer.reload()
+    _, [before] = scorer.score([(PROMPT, ANSWERS)])
+    assert scorer.reload("v1") == ("v0", "v1")
+    assert scorer.reload("v1") == ("v1", "v1")
+    version, [after] = scorer.score([(PROMPT, ANSWERS)])
+    assert version == "v1" and after != pytest.approx(before)
+
+
+def test_reload_under_load_fails_no_call(scorer):
+    scorer.reload()
+    failures, versions = [], set()
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                versions.add(scorer.score([(PROMPT, ANSWERS)])[0])
+            except Exception as error:  # any failure is a test failure
+                failures.append(error)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    scorer.reload("v1")
+    time.sleep(0.2)
+    scorer.reload("v0")
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert failures == []
+    assert versions == {"v0", "v1"}
+
+
+def test_too_long_input_is_refused_with_its_position(scorer):
+    scorer.reload()
+    with pytest.raises(TooLong) as error:
+        scorer.score([(PROMPT, ["fine"]), (PROMPT, ["ok", "word " * 400])])
+    assert (error.value.call, error.value.answer, error.value.limit) == (1, 1, 256)
+
+
+def test_a_passed_deadline_is_not_scored(scorer):
+    scorer.reload()
+    with pytest.raises(DeadlineExceeded):
+        scorer.score([(PROMPT, ANSWERS)], deadline=time.monotonic() - 1)
