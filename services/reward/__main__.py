@@ -1,0 +1,24 @@
+"""``python -m services.reward``: serve the promoted reward model until SIGTERM."""
+
+from __future__ import annotations
+
+from services.common.logging_setup import configure_logging
+from services.common.metrics import set_build_info, start_metrics_server
+from services.reward.server import RewardServer
+from services.reward.settings import RewardSettings
+
+
+def main() -> int:
+    settings = RewardSettings()
+    configure_logging("reward", settings.log_level, settings.log_format)
+    set_build_info("reward")
+    start_metrics_server(settings.metrics_port)
+    server = RewardServer(settings)
+    server.start()
+    server.grpc.serve_forever(settings.drain_timeout_s)  # returns after SIGTERM and a drain
+    server.scorer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

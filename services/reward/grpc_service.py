@@ -1,0 +1,101 @@
+"""RewardService and ModelAdmin over gRPC (reward.proto, admin.proto), on top of RewardScorer."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.generated.flywheel.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    reward_pb2,
+    reward_pb2_grpc,
+)
+from services.common.grpc_errors import invalid_argument
+from services.common.registry import RegistryError, VersionNotFoundError
+from services.reward.batcher import DeadlineExceeded, Overloaded
+from services.reward.scorer import ROLE, NotLoaded, RewardScorer, TooLong
+
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _problems(request: reward_pb2.ScoreRequest, prefix: str) -> list[tuple[str, str]]:
+    problems = []
+    if not request.prompt:
+        problems.append((f"{prefix}prompt", "the prompt needs at least one message"))
+    for n, message in enumerate(request.prompt):
+        if message.role not in _ROLES:
+            problems.append((f"{prefix}prompt[{n}].role", f"one of {', '.join(_ROLES)}"))
+    if not request.answers:
+        problems.append((f"{prefix}answers", "at least one answer to score"))
+    return problems
+
+
+def _call(request: reward_pb2.ScoreRequest):
+    prompt = [{"role": m.role, "content": m.content} for m in request.prompt]
+    return prompt, list(request.answers)
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    def __init__(self, scorer: RewardScorer) -> None:
+        self._scorer = scorer
+
+    def _score(self, requests, prefixes, context):
+        problems = [
+            p for r, prefix in zip(requests, prefixes, strict=True) for p in _problems(r, prefix)
+        ]
+        if problems:
+            context.abort_with_status(invalid_argument(problems))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            return self._scorer.score([_call(r) for r in requests], deadline)
+        except TooLong as error:
+            field = f"{prefixes[error.call]}answers[{error.answer}]"
+            context.abort_with_status(invalid_argument([(field, str(error))]))
+        except NotLoaded as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except Overloaded as error:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"overloaded: {error}")
+        except DeadlineExceeded as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+
+    def Score(self, request, context):
+        version, [rewards] = self._score([request], [""], context)
+        return reward_pb2.ScoreResponse(rewards=rewards, model_version=version)
+
+    def ScoreBatch(self, request, context):
+        if not request.requests:
+            context.abort_with_status(invalid_argument([("requests", "at least one request")]))
+        prefixes = [f"requests[{i}]." for i in range(len(request.requests))]
+        version, rewards = self._score(list(request.requests), prefixes, context)
+        return reward_pb2.ScoreBatchResponse(
+            responses=[reward_pb2.ScoreResponse(rewards=r, model_version=version) for r in rewards],
+            model_version=version,
+        )
+
+
+class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
+    def __init__(self, scorer: RewardScorer) -> None:
+        self._scorer = scorer
+
+    def Reload(self, request, context):
+        try:
+            previous, current = self._scorer.reload(request.version)
+        except VersionNotFoundError as error:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except RegistryError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return admin_pb2.ReloadResponse(previous_version=previous, current_version=current)
+
+    def CurrentVersion(self, request, context):
+        served = self._scorer.current
+        if served is None:
+            return admin_pb2.CurrentVersionResponse(role=ROLE)
+        loaded_at = Timestamp()
+        loaded_at.FromDatetime(served.loaded_at)
+        return admin_pb2.CurrentVersionResponse(
+            role=ROLE, version=served.version, loaded_at=loaded_at
+        )

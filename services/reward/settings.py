@@ -1,0 +1,22 @@
+"""The reward service's settings (environment prefix ``FLYWHEEL_REWARD_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class RewardSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_REWARD_", extra="ignore")
+
+    grpc_port: int = Field(50052, description="RewardService and ModelAdmin.")
+    metrics_port: int = Field(9052, description="Prometheus /metrics.")
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
+    version: str = Field("", description="Serve this version at start; empty: the promoted one.")
+    max_tokens: int = Field(1024, gt=0, description="Longest prompt + answer scored.")
+    max_batch: int = Field(32, gt=0, description="Most answers in one forward pass.")
+    batch_window_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill.")
+    max_queue: int = Field(512, gt=0, description="Answers waiting past which calls are refused.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="Grace period on SIGTERM.")

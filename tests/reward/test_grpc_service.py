@@ -1,0 +1,92 @@
+"""The reward service over real gRPC on loopback, with tiny RMs in a temporary registry."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.generated.flywheel.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    reward_pb2,
+    reward_pb2_grpc,
+)
+from services.common.grpc_errors import field_violations
+from services.reward.server import RewardServer
+from services.reward.settings import RewardSettings
+
+
+@pytest.fixture
+def server(reward_store, tmp_path):
+    settings = RewardSettings(
+        FLYWHEEL_MODEL_STORE=reward_store.root,
+        grpc_port=0,
+        device="cpu",
+        max_tokens=256,
+        drain_timeout_s=1,
+    )
+    server = RewardServer(settings)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, channel
+    channel.close()
+    server.stop()
+
+
+def request(*answers: str) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(
+        prompt=[common_pb2.ChatMessage(role="user", content="Name a colour.")], answers=answers
+    )
+
+
+def test_score_and_score_batch_agree_and_name_the_version(server):
+    _, channel = server
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    one = stub.Score(request("Blue.", "Red."), timeout=30)
+    assert one.model_version == "v0" and len(one.rewards) == 2
+    batch = stub.ScoreBatch(
+        reward_pb2.ScoreBatchRequest(requests=[request("Blue.", "Red."), request("Green.")]),
+        timeout=30,
+    )
+    assert batch.model_version == "v0"
+    assert list(batch.responses[0].rewards) == pytest.approx(list(one.rewards), abs=1e-5)
+    assert len(batch.responses[1].rewards) == 1
+
+
+def test_bad_input_names_the_field(server):
+    _, channel = server
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as empty:
+        stub.Score(reward_pb2.ScoreRequest(), timeout=30)
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {f for f, _ in field_violations(empty.value)} == {"prompt", "answers"}
+    with pytest.raises(grpc.RpcError) as long:
+        stub.ScoreBatch(
+            reward_pb2.ScoreBatchRequest(requests=[request("ok"), request("ok", "word " * 400)]),
+            timeout=30,
+        )
+    assert long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(long.value)] == ["requests[1].answers[1]"]
+
+
+def test_admin_reload_and_current_version(server):
+    _, channel = server
+    admin = admin_pb2_grpc.ModelAdminStub(channel)
+    assert admin.CurrentVersion(admin_pb2.CurrentVersionRequest()).version == "v0"
+    reloaded = admin.Reload(admin_pb2.ReloadRequest(version="v1"), timeout=60)
+    assert (reloaded.previous_version, reloaded.current_version) == ("v0", "v1")
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    assert stub.Score(request("Blue."), timeout=30).model_version == "v1"
+    with pytest.raises(grpc.RpcError) as missing:
+        admin.Reload(admin_pb2.ReloadRequest(version="v9"), timeout=30)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert admin.CurrentVersion(admin_pb2.CurrentVersionRequest()).version == "v1"
+
+
+def test_health_serving_once_loaded(server):
+    _, channel = server
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="flywheel.v1.RewardService"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
