@@ -80,6 +80,10 @@ class RewardScorer:
         )
 
     @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
+    @property
     def current(self) -> ServedModel | None:
         return self._current
 

@@ -9,9 +9,10 @@ import logging
 
 from services.common.generated.flywheel.v1 import admin_pb2_grpc, reward_pb2_grpc
 from services.common.grpc_server import GrpcServer
+from services.common.promotions import PromotionWatcher
 from services.common.registry import ModelRegistry
 from services.reward.grpc_service import ModelAdminServicer, RewardServicer
-from services.reward.scorer import RewardScorer
+from services.reward.scorer import ROLE, RewardScorer
 from services.reward.settings import RewardSettings
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,13 @@ class RewardServer:
             max_batch=settings.max_batch,
             window_s=settings.batch_window_ms / 1000,
             max_queue=settings.max_queue,
+        )
+        self.watcher = PromotionWatcher(
+            self.scorer.registry,
+            ROLE,
+            self._follow_promotion,
+            settings.redis_url,
+            poll_s=settings.registry_poll_s,
         )
         self.grpc = GrpcServer(port=settings.grpc_port, max_workers=64)
         self.grpc.add(
@@ -46,8 +54,15 @@ class RewardServer:
         port = self.grpc.start()
         self.scorer.reload(self.settings.version)
         self.grpc.set_serving(True)
+        self.watcher.start()
         return port
 
+    def _follow_promotion(self, version: str) -> None:
+        previous, current = self.scorer.reload(version)
+        if previous != current:
+            log.info("followed a promotion: reward %s -> %s", previous, current)
+
     def stop(self) -> None:
+        self.watcher.stop()
         self.grpc.stop(self.settings.drain_timeout_s)
         self.scorer.stop()

@@ -19,4 +19,10 @@ class RewardSettings(ServiceSettings):
     max_batch: int = Field(32, gt=0, description="Most answers in one forward pass.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill.")
     max_queue: int = Field(512, gt=0, description="Answers waiting past which calls are refused.")
+    registry_poll_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the registry is checked for a new promoted RM "
+        "(announcements on Redis switch at once; the poll catches missed ones).",
+    )
     drain_timeout_s: float = Field(10.0, ge=0, description="Grace period on SIGTERM.")

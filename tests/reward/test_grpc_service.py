@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli.announce import announce_promotion
 from services.common.generated.flywheel.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -19,9 +22,10 @@ from services.reward.settings import RewardSettings
 
 
 @pytest.fixture
-def server(reward_store, tmp_path):
+def server(reward_store, redis_url):
     settings = RewardSettings(
         FLYWHEEL_MODEL_STORE=reward_store.root,
+        FLYWHEEL_REDIS_URL=redis_url,
         grpc_port=0,
         device="cpu",
         max_tokens=256,
@@ -90,3 +94,16 @@ def test_health_serving_once_loaded(server):
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service="flywheel.v1.RewardService"))
     assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_promotion_announced_on_redis_is_followed(server, reward_store, redis_url):
+    _, channel = server
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    reward_store.promote("reward", "v1")
+    deadline = time.monotonic() + 20
+    version = stub.Score(request("Blue."), timeout=30).model_version
+    while version != "v1" and time.monotonic() < deadline:
+        announce_promotion(redis_url, "reward", "v1", "promote")
+        time.sleep(0.2)
+        version = stub.Score(request("Blue."), timeout=30).model_version
+    assert version == "v1"

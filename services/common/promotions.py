@@ -1,0 +1,88 @@
+"""Following promotions: call back when the promoted version of a role changes.
+
+Two paths, as services/cli/announce.py describes: the Redis channel (fast; a message per
+promote or rollback) and a periodic look at the registry (the truth; catches messages missed
+while Redis was down or the service was restarting). The callback gets the role's promoted
+version name and runs on the watcher's thread; it should be idempotent (ModelAdmin.Reload is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from services.common.redis_names import MODEL_PROMOTIONS_CHANNEL
+from services.common.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class PromotionWatcher:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        role: str,
+        on_promoted: Callable[[str], None],
+        redis_url: str,
+        *,
+        poll_s: float = 30.0,
+    ) -> None:
+        self._registry = registry
+        self._role = role
+        self._on_promoted = on_promoted
+        self._redis_url = redis_url
+        self._poll_s = poll_s
+        self._stopping = threading.Event()
+        self._check = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._listen, name=f"{role}-promotions", daemon=True),
+            threading.Thread(target=self._follow, name=f"{role}-registry-poll", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._check.set()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _listen(self) -> None:
+        """Turn channel messages for our role into an immediate registry check."""
+        while not self._stopping.is_set():
+            client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(MODEL_PROMOTIONS_CHANNEL)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and json.loads(message["data"]).get("role") == self._role:
+                        self._check.set()
+            except (redis.RedisError, OSError, ValueError) as error:
+                log.warning("promotion channel unavailable (%s); polling the registry", error)
+                self._stopping.wait(2.0)
+            finally:
+                client.close()
+
+    def _follow(self) -> None:
+        """Check the registry on each announcement and every ``poll_s`` seconds."""
+        last = None
+        while not self._stopping.is_set():
+            self._check.wait(self._poll_s)
+            self._check.clear()
+            if self._stopping.is_set():
+                return
+            info = self._registry.promoted(self._role)
+            if info is None or info.version == last:
+                continue
+            try:
+                self._on_promoted(info.version)
+                last = info.version
+            except Exception:
+                log.exception("could not switch to %s/%s; will retry", self._role, info.version)
