@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import grpc
@@ -15,6 +16,7 @@ from services.common.generated.flywheel.v1 import (
 )
 from services.common.grpc_errors import invalid_argument
 from services.common.registry import RegistryError, VersionNotFoundError
+from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, Overloaded
 from services.reward.scorer import ROLE, NotLoaded, RewardScorer, TooLong
 
@@ -36,6 +38,18 @@ def _problems(request: reward_pb2.ScoreRequest, prefix: str) -> list[tuple[str, 
 def _call(request: reward_pb2.ScoreRequest):
     prompt = [{"role": m.role, "content": m.content} for m in request.prompt]
     return prompt, list(request.answers)
+
+
+@contextlib.contextmanager
+def _observed(method: str, context: grpc.ServicerContext):
+    """Count the call by its final status and time it (abort raises out of the block)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        code = context.code() or grpc.StatusCode.OK
+        metrics.CALLS.labels(method, code.name).inc()
+        metrics.CALL_LATENCY.labels(method).observe(time.perf_counter() - started)
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
@@ -63,18 +77,22 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
 
     def Score(self, request, context):
-        version, [rewards] = self._score([request], [""], context)
-        return reward_pb2.ScoreResponse(rewards=rewards, model_version=version)
+        with _observed("Score", context):
+            version, [rewards] = self._score([request], [""], context)
+            return reward_pb2.ScoreResponse(rewards=rewards, model_version=version)
 
     def ScoreBatch(self, request, context):
-        if not request.requests:
-            context.abort_with_status(invalid_argument([("requests", "at least one request")]))
-        prefixes = [f"requests[{i}]." for i in range(len(request.requests))]
-        version, rewards = self._score(list(request.requests), prefixes, context)
-        return reward_pb2.ScoreBatchResponse(
-            responses=[reward_pb2.ScoreResponse(rewards=r, model_version=version) for r in rewards],
-            model_version=version,
-        )
+        with _observed("ScoreBatch", context):
+            if not request.requests:
+                context.abort_with_status(invalid_argument([("requests", "at least one request")]))
+            prefixes = [f"requests[{i}]." for i in range(len(request.requests))]
+            version, rewards = self._score(list(request.requests), prefixes, context)
+            return reward_pb2.ScoreBatchResponse(
+                responses=[
+                    reward_pb2.ScoreResponse(rewards=r, model_version=version) for r in rewards
+                ],
+                model_version=version,
+            )
 
 
 class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):

@@ -23,6 +23,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from services.common.model_loading import default_dtype, load_tokenizer, pick_device
 from services.common.registry import ModelRegistry
+from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, DynamicBatcher
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
@@ -112,6 +113,10 @@ class RewardScorer:
             model.eval()
             tokenizer = load_tokenizer(info.path)
             self._current = ServedModel(info.version, model, tokenizer, datetime.now(UTC))
+            if previous:
+                metrics.SERVING.labels(previous).set(0)
+            metrics.SERVING.labels(info.version).set(1)
+            metrics.RELOADS.inc()
             log.info(
                 "reward model %s serving (was %s), loaded in %.1f s",
                 info.version,
@@ -163,8 +168,10 @@ class RewardScorer:
             start += size
         return served.version, grouped
 
-    @staticmethod
-    def _run_batch(served: ServedModel, items: list[list[int]]) -> list[float]:
+    def _run_batch(self, served: ServedModel, items: list[list[int]]) -> list[float]:
+        metrics.BATCH_SIZE.observe(len(items))
+        metrics.ANSWERS_SCORED.inc(len(items))
+        metrics.QUEUE_ITEMS.set(self._batcher.queued_items)
         device = served.model.device
         ids, mask = pad(items, served.tokenizer.pad_token_id)
         with torch.inference_mode():

@@ -7,6 +7,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.cli.announce import announce_promotion
 from services.common.generated.flywheel.v1 import (
@@ -107,3 +108,22 @@ def test_a_promotion_announced_on_redis_is_followed(server, reward_store, redis_
         time.sleep(0.2)
         version = stub.Score(request("Blue."), timeout=30).model_version
     assert version == "v1"
+
+
+def test_metrics_count_calls_batches_and_the_serving_version(server):
+    _, channel = server
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    before = (
+        REGISTRY.get_sample_value("flywheel_reward_calls_total", {"method": "Score", "code": "OK"})
+        or 0
+    )
+    stub.Score(request("Blue.", "Red."), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        stub.Score(reward_pb2.ScoreRequest(), timeout=30)
+    sample = REGISTRY.get_sample_value
+    assert sample("flywheel_reward_calls_total", {"method": "Score", "code": "OK"}) == before + 1
+    assert (
+        sample("flywheel_reward_calls_total", {"method": "Score", "code": "INVALID_ARGUMENT"}) >= 1
+    )
+    assert sample("flywheel_reward_batch_size_count") >= 1
+    assert sample("flywheel_reward_model_serving", {"version": "v0"}) == 1
