@@ -21,6 +21,7 @@ from services.reward.batcher import DeadlineExceeded, Overloaded
 from services.reward.scorer import ROLE, NotLoaded, RewardScorer, TooLong
 
 _ROLES = ("system", "user", "assistant", "tool")
+_NO_DEADLINE_S = 365 * 24 * 3600
 
 
 def _problems(request: reward_pb2.ScoreRequest, prefix: str) -> list[tuple[str, str]]:
@@ -63,7 +64,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if problems:
             context.abort_with_status(invalid_argument(problems))
         remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+        # A call without a deadline reports an enormous time remaining, not None.
+        deadline = (
+            None
+            if remaining is None or remaining > _NO_DEADLINE_S
+            else (time.monotonic() + remaining)
+        )
         try:
             return self._scorer.score([_call(r) for r in requests], deadline)
         except TooLong as error:

@@ -127,3 +127,12 @@ def test_metrics_count_calls_batches_and_the_serving_version(server):
     )
     assert sample("flywheel_reward_batch_size_count") >= 1
     assert sample("flywheel_reward_model_serving", {"version": "v0"}) == 1
+
+
+def test_calls_without_a_deadline_and_past_their_deadline(server):
+    _, channel = server
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    assert len(stub.Score(request("Blue.")).rewards) == 1  # no deadline at all
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Score(request(*["word " * 50] * 32), timeout=0.001)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
