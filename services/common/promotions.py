@@ -55,17 +55,23 @@ class PromotionWatcher:
 
     def _listen(self) -> None:
         """Turn channel messages for our role into an immediate registry check."""
+        failing = False
         while not self._stopping.is_set():
             client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(MODEL_PROMOTIONS_CHANNEL)
+                if failing:
+                    log.info("promotion channel reachable again")
+                    failing = False
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and json.loads(message["data"]).get("role") == self._role:
                         self._check.set()
             except (redis.RedisError, OSError, ValueError) as error:
-                log.warning("promotion channel unavailable (%s); polling the registry", error)
+                if not failing:  # once per outage, not every retry
+                    log.warning("promotion channel unavailable (%s); polling the registry", error)
+                    failing = True
                 self._stopping.wait(2.0)
             finally:
                 client.close()
