@@ -1,6 +1,6 @@
 """Prometheus helpers shared by every service.
 
-HTTP services mount :func:`metrics_app` at ``/metrics``; gRPC-only services and
+HTTP services add :func:`add_metrics_route` (``GET /metrics``); gRPC-only services and
 workers call :func:`start_metrics_server` on their own port. Both expose the
 same ``flywheel_build_info`` so a Grafana panel can show what runs where.
 """
@@ -11,7 +11,16 @@ import os
 import platform
 from importlib import metadata
 
-from prometheus_client import REGISTRY, CollectorRegistry, Info, make_asgi_app, start_http_server
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Info,
+    generate_latest,
+    start_http_server,
+)
 
 BUILD_INFO = Info("flywheel_build", "Flywheel build and runtime of this process.")
 
@@ -46,6 +55,10 @@ def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr=addr)
 
 
-def metrics_app(registry: CollectorRegistry = REGISTRY):
-    """An ASGI app serving the registry, to mount on a FastAPI app at ``/metrics``."""
-    return make_asgi_app(registry=registry)
+def add_metrics_route(app: FastAPI, registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve the registry at ``GET /metrics`` of a FastAPI app (a route, not a mount: a mounted
+    app answers ``/metrics`` with a redirect to ``/metrics/``, which scrapers need not follow)."""
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -49,6 +49,11 @@ class ServiceSettings(BaseSettings):
         description="'json' (one object a line, for log shippers) or 'text' (for people).",
     )
 
+    # No alias: read under each service's own prefix (FLYWHEEL_FEEDBACK_DRAIN_TIMEOUT_S, ...).
+    drain_timeout_s: float = Field(
+        10.0, ge=0, description="Grace period on SIGTERM for requests in flight."
+    )
+
     @property
     def model_store_dir(self) -> Path:
         return self.model_store if self.model_store is not None else self.data_dir / "models"

@@ -59,7 +59,6 @@ class FeedbackSettings(ServiceSettings):
         description="SQLite only: how often the WAL is copied into the database file (small "
         "frequent copies keep commit latency flat; see store/database.py Checkpointer).",
     )
-    drain_timeout_s: float = Field(10.0, ge=0, description="Grace period on SIGTERM.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -25,4 +25,3 @@ class RewardSettings(ServiceSettings):
         description="How often the registry is checked for a new promoted RM "
         "(announcements on Redis switch at once; the poll catches missed ones).",
     )
-    drain_timeout_s: float = Field(10.0, ge=0, description="Grace period on SIGTERM.")

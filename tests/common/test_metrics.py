@@ -4,7 +4,7 @@ import urllib.request
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.common.metrics import metrics_app, set_build_info, start_metrics_server
+from services.common.metrics import add_metrics_route, set_build_info, start_metrics_server
 
 
 def free_port() -> int:
@@ -25,10 +25,10 @@ def test_metrics_server_exposes_build_info_over_http(monkeypatch):
     assert line.endswith(" 1.0")
 
 
-def test_metrics_app_mounts_on_fastapi():
+def test_metrics_route_on_fastapi():
     set_build_info("gateway")
     app = FastAPI()
-    app.mount("/metrics", metrics_app())
-    response = TestClient(app).get("/metrics/")
+    add_metrics_route(app)
+    response = TestClient(app).get("/metrics", follow_redirects=False)
     assert response.status_code == 200
     assert "flywheel_build_info{" in response.text and 'service="gateway"' in response.text

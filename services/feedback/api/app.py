@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from services.common.metrics import add_metrics_route
 from services.feedback.api.ingest import (
     Edge,
     accept,
@@ -138,9 +138,7 @@ def create_app(core: FeedbackCore) -> ASGIApp:
             return _error(503, "not_ready", f"store unreachable: {error}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    add_metrics_route(app)
 
     edge = Edge(app, core)
     if not settings.cors_origins:

@@ -128,12 +128,13 @@ class Edge:
             await send(message)
 
         try:
-            length = dict(scope["headers"]).get(b"content-length", b"0")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"0")
             if not length.isdigit() or int(length) > self.max_body_bytes:
                 await self._reply(send_and_note, *self._too_large())
             elif scope["method"] == "POST" and scope["path"] == FEEDBACK_PATH:
                 route = FEEDBACK_PATH
-                await self._reply(send_and_note, *await self._feedback(scope, receive))
+                await self._reply(send_and_note, *await self._feedback(headers, receive))
             else:
                 await self.app(scope, self._limited(receive), send_and_note)
                 route = getattr(scope.get("route"), "path", route)
@@ -178,8 +179,9 @@ class Edge:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _feedback(self, scope: Scope, receive: Receive) -> tuple[int, dict, dict]:
-        headers = dict(scope["headers"])
+    async def _feedback(
+        self, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[int, dict, dict]:
         try:
             raw = await self._read_body(receive)
             body = _FEEDBACK_REQUEST.validate_json(raw)

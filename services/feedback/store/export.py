@@ -18,12 +18,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.feedback.store import outbox as outbox_rows
 from services.feedback.store.tables import (
     comparisons,
     export_snapshots,
     feedback_events,
     interactions,
-    outbox,
 )
 
 
@@ -81,15 +81,6 @@ def record_snapshot(conn: sa.Connection, snapshot: Snapshot, now: datetime) -> N
             content_sha256=snapshot.content_sha256,
         )
     )
-
-
-def get_snapshot(conn: sa.Connection, snapshot_id: str) -> dict[str, Any] | None:
-    row = (
-        conn.execute(sa.select(export_snapshots).where(export_snapshots.c.id == snapshot_id))
-        .mappings()
-        .first()
-    )
-    return dict(row) if row is not None else None
 
 
 def load_groups(conn: sa.Connection, revision_ids: list[str]) -> list[dict[str, Any]]:
@@ -161,7 +152,7 @@ def stats(conn: sa.Connection, comparisons_since: datetime | None) -> dict[str, 
         "events": {k: by_kind.get(k, 0) for k in ("ranking", "thumb", "pairwise")},
         "comparison_groups_pending": int(groups),
         "comparisons_pending": int(pairs),
-        "outbox_backlog": count(outbox),
+        "outbox_backlog": outbox_rows.backlog(conn),
         "thumbs": [(v, *thumbs[v]) for v in sorted(thumbs, key=_version_order)],
     }
 

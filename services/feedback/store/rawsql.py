@@ -42,6 +42,13 @@ def in_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     return {f"{prefix}{i}": v for i, v in enumerate(values)}
 
 
+@functools.cache
+def _psycopg_json():
+    from psycopg.types.json import Json  # imported only where PostgreSQL is used
+
+    return Json
+
+
 @functools.lru_cache(maxsize=8)  # a write batch stamps all its rows with one time
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
@@ -60,9 +67,7 @@ class RawSql:
         self.sqlite = conn.dialect.name == "sqlite"
         self._cursor = conn.connection.dbapi_connection.cursor()
         if not self.sqlite:
-            from psycopg.types.json import Json  # only needed (and installed) for PostgreSQL
-
-            self._json_param = Json
+            self._json_param = _psycopg_json()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None):
         self._cursor.execute(sql if self.sqlite else _pyformat(sql), params or {})
