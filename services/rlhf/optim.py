@@ -58,3 +58,16 @@ def cosine_with_warmup(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def adamw_with_schedule(
+    params: Iterable[torch.nn.Parameter], config, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its warm-up + cosine schedule, from a config with ``lr``, ``adam_betas``,
+    ``weight_decay``, ``warmup_ratio`` and ``min_lr_ratio`` (SFTConfig, RewardConfig)."""
+    optimizer = adamw(params, config.lr, config.adam_betas, config.weight_decay)
+    warmup = warmup_steps_for(config.warmup_ratio, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, warmup, config.min_lr_ratio)
+    )
+    return optimizer, scheduler

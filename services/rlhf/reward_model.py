@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
+from services.rlhf.optim import adamw_with_schedule
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,7 @@ def train_reward_model(
         raise ValueError("no comparison has a pair to learn from (all ties?)")
     steps_per_epoch = math.ceil(len(usable) / config.prompts_per_batch)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = adamw(model.parameters(), config.lr, config.adam_betas, config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        cosine_with_warmup(
-            total_steps, warmup_steps_for(config.warmup_ratio, total_steps), config.min_lr_ratio
-        ),
-    )
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), config, total_steps)
     data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
     checkpoints = RunCheckpoints(
         checkpoint_dir,

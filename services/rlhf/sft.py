@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
-from services.rlhf.optim import adamw, cosine_with_warmup, warmup_steps_for
+from services.rlhf.optim import adamw_with_schedule
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,7 @@ def train_sft(
     total_steps = steps_per_epoch * config.epochs
     data_id = fingerprint([[list(d.messages), d.answer] for d in demos])
 
-    optimizer = adamw(model.parameters(), config.lr, config.adam_betas, config.weight_decay)
-    warmup = warmup_steps_for(config.warmup_ratio, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, warmup, config.min_lr_ratio)
-    )
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), config, total_steps)
 
     checkpoints = RunCheckpoints(
         checkpoint_dir,
