@@ -34,6 +34,24 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware (GPUs; CPUs with AVX512-BF16
+    or AMX), where bf16 matmuls run about twice as fast as fp32 ones."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for a precision setting of ``auto``, ``fp32`` or ``bf16``."""
+    if requested not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {requested!r}")
+    if requested == "auto":
+        return "bf16" if has_native_bf16(device) else "fp32"
+    return requested
+
+
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

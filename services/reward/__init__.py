@@ -1,1 +1,1 @@
-"""The reward service: scores answers with the current reward model (work in progress)."""
+"""The reward service: scores answers with the current reward model over gRPC."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from services.common.openmp import keep_workers_spinning
+
+keep_workers_spinning()  # before torch is imported
+
 from services.common.logging_setup import configure_logging
 from services.common.metrics import set_build_info, start_metrics_server
 from services.reward.server import RewardServer

@@ -24,6 +24,8 @@ class RewardServer:
         self.scorer = RewardScorer(
             ModelRegistry(settings.model_store_dir),
             device=settings.device,
+            precision=settings.precision,
+            packed=settings.packed,
             max_tokens=settings.max_tokens,
             max_batch=settings.max_batch,
             window_s=settings.batch_window_ms / 1000,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,6 +16,17 @@ class RewardSettings(ServiceSettings):
     grpc_port: int = Field(50052, description="RewardService and ModelAdmin.")
     metrics_port: int = Field(9052, description="Prometheus /metrics.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Matmul precision: 'auto' takes bf16 where the device has bf16 units "
+        "(GPUs; CPUs with AVX512-BF16 or AMX), else fp32. 'fp32' reproduces the trainer's "
+        "scores to float rounding.",
+    )
+    packed: bool = Field(
+        True,
+        description="Score batches packed (no padding; shared prompt prefixes computed once) "
+        "for Llama-family models; off: padded batches, as the RM library does.",
+    )
     version: str = Field("", description="Serve this version at start; empty: the promoted one.")
     max_tokens: int = Field(1024, gt=0, description="Longest prompt + answer scored.")
     max_batch: int = Field(32, gt=0, description="Most answers in one forward pass.")

@@ -73,3 +73,22 @@ def pad(
         ids[row, span] = torch.tensor(seq, dtype=torch.long)
         mask[row, span] = 1
     return ids, mask
+
+
+def chat_template_prefix(tokenizer) -> list[int]:
+    """The tokens every single-turn user prompt starts with (e.g. a default system block).
+
+    Found as the common start of a few unlike prompts, so it never includes a token
+    that merges with the user's text. Scoring caches its keys and values once.
+    """
+    renderings = [
+        encode_prompt(tokenizer, [{"role": "user", "content": text}])
+        for text in ("Hello there.", "1 + 1 = ?", "\u00bfQu\u00e9?")
+    ]
+    prefix = renderings[0]
+    for other in renderings[1:]:
+        same = 0
+        while same < min(len(prefix), len(other)) and prefix[same] == other[same]:
+            same += 1
+        prefix = prefix[:same]
+    return prefix

@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from services.common.model_loading import (
+    has_native_bf16,
     load_version,
     pick_device,
+    resolve_precision,
     save_to_registry,
 )
 from services.common.registry import CorruptVersionError
@@ -57,3 +59,13 @@ def test_asking_for_cuda_without_a_gpu_says_so():
     assert pick_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA device"):
         pick_device("cuda")
+
+
+def test_precision_settings_resolve_or_are_refused():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    # auto follows the hardware: bf16 only where matmuls have bf16 units.
+    assert resolve_precision("auto", cpu) == ("bf16" if has_native_bf16(cpu) else "fp32")
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", cpu)

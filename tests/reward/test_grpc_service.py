@@ -29,6 +29,7 @@ def server(reward_store, redis_url):
         FLYWHEEL_REDIS_URL=redis_url,
         grpc_port=0,
         device="cpu",
+        precision="fp32",  # exact comparisons below; bf16 is covered in test_scorer
         max_tokens=256,
         drain_timeout_s=1,
     )

@@ -43,6 +43,7 @@ def test_served_rewards_from_a_smollm2_rm_equal_the_library(real_store, tmp_path
             FLYWHEEL_REDIS_URL="redis://127.0.0.1:1/0",
             grpc_port=0,
             device="cpu",
+            precision="fp32",
         )
     )
     port = server.start()

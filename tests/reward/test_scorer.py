@@ -21,10 +21,22 @@ ANSWERS = ["Blue.", "Red, like a ripe tomato.", "I would rather not say."]
 
 @pytest.fixture
 def scorer(reward_store):
-    scorer = RewardScorer(reward_store, device="cpu", max_tokens=256, window_s=0.01)
+    scorer = RewardScorer(
+        reward_store, device="cpu", precision="fp32", max_tokens=256, window_s=0.01
+    )
     scorer.start()
     yield scorer
     scorer.stop()
+
+
+def scores_with(reward_store, calls, **options) -> list[list[float]]:
+    scorer = RewardScorer(reward_store, device="cpu", window_s=0.01, **options)
+    scorer.start()
+    try:
+        scorer.reload()
+        return scorer.score(calls)[1]
+    finally:
+        scorer.stop()
 
 
 def test_nothing_is_scored_before_a_model_is_loaded(scorer):
@@ -42,6 +54,31 @@ def test_scores_equal_the_rm_librarys_own(scorer, reward_store):
         expected = score_answers(model, tokenizer, [(PROMPT, a) for a in ANSWERS])
     assert version == "v0"
     assert rewards == pytest.approx(expected, abs=1e-5)
+
+
+BEST_OF = [
+    ([{"role": "user", "content": "Name a colour."}], ANSWERS),
+    ([{"role": "user", "content": "Why is the sky blue?"}], ["Scattering.", "It is not."]),
+    (
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}],
+        ["Hello.", "Hi!"],
+    ),
+]
+
+
+def test_packed_and_padded_batches_score_the_same(reward_store):
+    packed = scores_with(reward_store, BEST_OF, precision="fp32", packed=True)
+    padded = scores_with(reward_store, BEST_OF, precision="fp32", packed=False)
+    for got, want in zip(packed, padded, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_bf16_precision_stays_close_to_fp32(reward_store):
+    exact = scores_with(reward_store, BEST_OF, precision="fp32")
+    fast = scores_with(reward_store, BEST_OF, precision="bf16")
+    assert fast != exact  # bf16 really ran
+    for got, want in zip(fast, exact, strict=True):
+        assert got == pytest.approx(want, abs=0.05)
 
 
 def test_concurrent_batched_calls_score_as_one_at_a_time(scorer):
