@@ -12,13 +12,12 @@ import gc
 import logging
 import signal
 import threading
-import time
 
 import redis
-import uvicorn
 
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.common.grpc_server import GrpcServer
+from services.common.http_server import HttpServerThread
 from services.common.metrics import set_build_info
 from services.feedback.api.app import create_app
 from services.feedback.core import FeedbackCore, engine_url_for_logs
@@ -39,27 +38,13 @@ class FeedbackServer:
             FeedbackServicer(self.core),
             "flywheel.v1.FeedbackService",
         )
-        self._http = uvicorn.Server(
-            uvicorn.Config(
-                create_app(self.core),
-                host=settings.http_host,
-                port=settings.http_port,
-                loop="uvloop",
-                http="httptools",
-                log_config=None,
-                access_log=False,
-                # No X-Forwarded-* rewriting (nothing here uses the client address) and no
-                # Server header: two fewer steps on every request.
-                proxy_headers=False,
-                server_header=False,
-                timeout_graceful_shutdown=settings.drain_timeout_s,
-            )
+        self._http = HttpServerThread(
+            create_app(self.core), settings.http_host, settings.http_port, settings.drain_timeout_s
         )
-        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
 
     @property
     def http_port(self) -> int:
-        return self._http.servers[0].sockets[0].getsockname()[1]
+        return self._http.port
 
     @property
     def grpc_port(self) -> int:
@@ -68,12 +53,7 @@ class FeedbackServer:
     def start(self, timeout: float = 30.0) -> None:
         self.core.start()
         self._grpc.start()
-        self._http_thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._http.started:
-            if not self._http_thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"HTTP server did not start on port {self.settings.http_port}")
-            time.sleep(0.01)
+        self._http.start(timeout)
         self._grpc.set_serving(True)
         log.info(
             "feedback service ready",
@@ -86,8 +66,7 @@ class FeedbackServer:
 
     def stop(self) -> None:
         self._grpc.set_serving(False)
-        self._http.should_exit = True
-        self._http_thread.join(self.settings.drain_timeout_s + 5)
+        self._http.stop()
         self._grpc.stop(self.settings.drain_timeout_s)
         self.core.stop()
         log.info("feedback service stopped")
@@ -98,7 +77,7 @@ class FeedbackServer:
             signal.signal(sig, lambda signum, _frame: stop.set())
         self.start()
         while not stop.wait(0.5):
-            if not self._http_thread.is_alive():
+            if not self._http.alive:
                 log.error("HTTP server exited unexpectedly")
                 break
         self.stop()

@@ -1,4 +1,4 @@
-"""RewardService and ModelAdmin over gRPC (reward.proto, admin.proto), on top of RewardScorer."""
+"""RewardService over gRPC (reward.proto), on top of RewardScorer."""
 
 from __future__ import annotations
 
@@ -6,19 +6,12 @@ import contextlib
 import time
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.generated.flywheel.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    reward_pb2,
-    reward_pb2_grpc,
-)
+from services.common.generated.flywheel.v1 import reward_pb2, reward_pb2_grpc
 from services.common.grpc_errors import invalid_argument
-from services.common.registry import RegistryError, VersionNotFoundError
 from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, Overloaded
-from services.reward.scorer import ROLE, NotLoaded, RewardScorer, TooLong
+from services.reward.scorer import NotLoaded, RewardScorer, TooLong
 
 _ROLES = ("system", "user", "assistant", "tool")
 _NO_DEADLINE_S = 365 * 24 * 3600
@@ -99,27 +92,3 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 ],
                 model_version=version,
             )
-
-
-class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
-    def __init__(self, scorer: RewardScorer) -> None:
-        self._scorer = scorer
-
-    def Reload(self, request, context):
-        try:
-            previous, current = self._scorer.reload(request.version)
-        except VersionNotFoundError as error:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except RegistryError as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        return admin_pb2.ReloadResponse(previous_version=previous, current_version=current)
-
-    def CurrentVersion(self, request, context):
-        served = self._scorer.current
-        if served is None:
-            return admin_pb2.CurrentVersionResponse(role=ROLE)
-        loaded_at = Timestamp()
-        loaded_at.FromDatetime(served.loaded_at)
-        return admin_pb2.CurrentVersionResponse(
-            role=ROLE, version=served.version, loaded_at=loaded_at
-        )

@@ -9,9 +9,10 @@ import logging
 
 from services.common.generated.flywheel.v1 import admin_pb2_grpc, reward_pb2_grpc
 from services.common.grpc_server import GrpcServer
+from services.common.model_admin import ModelAdminServicer
 from services.common.promotions import PromotionWatcher
 from services.common.registry import ModelRegistry
-from services.reward.grpc_service import ModelAdminServicer, RewardServicer
+from services.reward.grpc_service import RewardServicer
 from services.reward.scorer import ROLE, RewardScorer
 from services.reward.settings import RewardSettings
 
@@ -46,7 +47,7 @@ class RewardServer:
         )
         self.grpc.add(
             admin_pb2_grpc.add_ModelAdminServicer_to_server,
-            ModelAdminServicer(self.scorer),
+            ModelAdminServicer(ROLE, self.scorer),
             "flywheel.v1.ModelAdmin",
         )
 

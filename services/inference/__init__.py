@@ -1,0 +1,1 @@
+"""Inference: the policy engine (TGI protocol) and the public OpenAI-compatible gateway."""

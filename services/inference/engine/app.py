@@ -1,0 +1,272 @@
+"""The engine's HTTP API: TGI's protocol, the OpenAI chat route, health and metrics.
+
+Routes (as TGI serves them): ``POST /generate``, ``POST /generate_stream`` (server-sent
+events), ``POST /`` (either, by its ``stream`` flag; TGI clients post here), ``GET /info``,
+``GET /health`` (ready: a model is loaded), ``GET /metrics``; plus ``GET /livez`` (alive:
+the event loop answers, however full the queue is) and ``POST /v1/chat/completions``
+(services/inference/engine/chat.py). Every response carries ``X-Model-Version``.
+Errors: ``{"error": ..., "error_type": ...}`` with 422 validation, 424 generation,
+429 overloaded, 503 not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.common.metrics import add_metrics_route
+from services.inference.engine import metrics
+from services.inference.engine.chat import add_chat_route
+from services.inference.engine.params import (
+    CompatGenerateRequest,
+    GenerateRequest,
+    ValidationFailed,
+    check_parameters,
+)
+from services.inference.engine.runner import Generation, GenerationError, NotReady, Runner
+from services.inference.engine.scheduler import Overloaded, Token
+
+VERSION_HEADER = "X-Model-Version"
+
+
+class VersionHeader:
+    """Adds ``X-Model-Version`` (the version serving now) to responses that do not name the
+    version that answered them. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a
+    client's disconnect from the routes, which need it to cancel generation."""
+
+    def __init__(self, app, policies) -> None:
+        self.app = app
+        self.policies = policies
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_version(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                policy = self.policies.current
+                name = VERSION_HEADER.lower().encode()
+                if policy is not None and all(k.lower() != name for k, _ in headers):
+                    headers.append((name, policy.version.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+def tgi_error(status: int, error_type: str, message: str) -> JSONResponse:
+    metrics.REQUEST_FAILURE.labels(error_type).inc()
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+
+def create_app(runner: Runner) -> FastAPI:
+    app = FastAPI(title="Flywheel engine", version="1", docs_url=None, redoc_url=None)
+    settings = runner.settings
+    add_metrics_route(app)
+
+    app.add_middleware(VersionHeader, policies=runner.policies)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return tgi_error(422, "validation", f"Input validation error: {problems}")
+
+    @app.exception_handler(ValidationFailed)
+    async def refused(request: Request, exc: ValidationFailed):
+        return tgi_error(422, "validation", f"Input validation error: {exc}")
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        return tgi_error(429, "overloaded", "Model is overloaded")
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady):
+        return tgi_error(503, "unhealthy", str(exc))
+
+    @app.exception_handler(GenerationError)
+    async def failed(request: Request, exc: GenerationError):
+        return tgi_error(424, "generation", str(exc))
+
+    @app.get("/health")
+    async def health():
+        if runner.policies.current is None or not runner.scheduler.alive:
+            return tgi_error(503, "unhealthy", "the engine is not ready")
+        return JSONResponse(None)
+
+    @app.get("/livez")
+    async def livez():
+        return {"status": "alive"}
+
+    @app.get("/info")
+    async def info():
+        policy = runner.policies.current
+        return {
+            "model_id": "policy",
+            "model_version": policy.version if policy else None,
+            "model_sha": None,
+            "model_dtype": runner.policies.precision,
+            "model_device_type": runner.policies.device.type,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": settings.max_concurrent_requests,
+            "max_best_of": settings.max_best_of,
+            "max_stop_sequences": settings.max_stop_sequences,
+            "max_input_tokens": settings.max_input_tokens,
+            "max_total_tokens": settings.max_total_tokens,
+            "max_batch_size": settings.max_batch_size,
+            "max_client_batch_size": 1,
+            "validation_workers": 1,
+            "router": "flywheel-engine",
+            "version": "1",
+            "sha": None,
+            "docker_label": None,
+        }
+
+    async def generate(body: GenerateRequest, request: Request):
+        started = time.perf_counter()
+        metrics.REQUEST_COUNT.inc()
+        prepared, best_of = _prepare(runner, body, streaming=False)
+        metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
+        runs = await asyncio.gather(
+            *(
+                runner.generate(p, request.is_disconnected)
+                for p in _best_of_copies(prepared, best_of)
+            )
+        )
+        if any(run is None for run in runs):
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
+        best = max(runs, key=lambda run: sum(t.logprob for t in run.tokens))
+        metrics.REQUEST_SUCCESS.inc()
+        metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
+        text = _full_text(body, best.finished.generated_text)
+        result = {"generated_text": text}
+        if body.parameters.details:
+            result["details"] = {
+                **_details(best),
+                "prefill": [],
+                "tokens": [_token(t) for t in best.tokens],
+                "top_tokens": None,
+                "best_of_sequences": [
+                    {
+                        **_details(run),
+                        "generated_text": _full_text(body, run.finished.generated_text),
+                        "prefill": [],
+                        "tokens": [_token(t) for t in run.tokens],
+                        "top_tokens": None,
+                    }
+                    for run in runs
+                    if run is not best
+                ]
+                or None,
+            }
+        return result, prepared.policy.version
+
+    @app.post("/generate")
+    async def generate_route(body: GenerateRequest, request: Request):
+        result, version = await generate(body, request)
+        if isinstance(result, JSONResponse):
+            return result
+        return JSONResponse(result, headers={VERSION_HEADER: version})
+
+    async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
+        started = time.perf_counter()
+        metrics.REQUEST_COUNT.inc()
+        prepared, _ = _prepare(runner, body, streaming=True)
+        metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
+        stream = runner.start(prepared)
+
+        async def events():
+            # Starlette stops this generator when the client goes away; runner.tokens then
+            # cancels the generation, so an abandoned stream stops costing compute.
+            index = 0
+            try:
+                async for token in runner.tokens(stream):
+                    index += 1
+                    event = {"index": index, "token": _token(token)}
+                    event["generated_text"], event["details"] = None, None
+                    if token.finished is not None:
+                        event["generated_text"] = _full_text(body, token.finished.generated_text)
+                        event["details"] = {
+                            "finish_reason": token.finished.reason,
+                            "generated_tokens": token.finished.generated_tokens,
+                            "seed": token.finished.seed,
+                            "input_length": token.finished.input_length,
+                        }
+                        metrics.REQUEST_SUCCESS.inc()
+                        metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
+                    yield _sse(event)
+            except GenerationError as exc:
+                metrics.REQUEST_FAILURE.labels("generation").inc()
+                yield _sse({"error": str(exc), "error_type": "generation"})
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={VERSION_HEADER: prepared.policy.version, "Cache-Control": "no-cache"},
+        )
+
+    @app.post("/generate_stream")
+    async def generate_stream_route(body: GenerateRequest, request: Request):
+        return await generate_stream(body, request)
+
+    @app.post("/")
+    async def compat(body: CompatGenerateRequest, request: Request):
+        if body.stream:
+            return await generate_stream(body, request)
+        result, version = await generate(body, request)
+        if isinstance(result, JSONResponse):
+            return result
+        return JSONResponse([result], headers={VERSION_HEADER: version})
+
+    add_chat_route(app, runner)
+    return app
+
+
+def _prepare(runner: Runner, body: GenerateRequest, *, streaming: bool):
+    settings = runner.settings
+    params = check_parameters(
+        body.parameters,
+        streaming=streaming,
+        max_best_of=settings.max_best_of,
+        max_stop_sequences=settings.max_stop_sequences,
+        default_max_new_tokens=settings.default_max_new_tokens,
+    )
+    policy = runner.policy()
+    input_ids = list(policy.tokenizer(body.inputs, add_special_tokens=False)["input_ids"])
+    if body.parameters.truncate:
+        input_ids = input_ids[-body.parameters.truncate :]
+    return runner.prepare(policy, input_ids, params), body.parameters.best_of or 1
+
+
+def _best_of_copies(prepared, best_of: int):
+    """best_of samples with distinct seeds (best_of > 1 requires sampling and no seed)."""
+    if best_of == 1:
+        return [prepared]
+    return [prepared] * best_of  # each request draws its own random seed
+
+
+def _full_text(body: GenerateRequest, text: str) -> str:
+    return body.inputs + text if body.parameters.return_full_text else text
+
+
+def _token(token: Token) -> dict:
+    return {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special}
+
+
+def _details(run: Generation) -> dict:
+    return {
+        "finish_reason": run.finished.reason,
+        "generated_tokens": run.finished.generated_tokens,
+        "seed": run.finished.seed,
+    }
+
+
+def _sse(payload: dict) -> str:
+    return "data:" + json.dumps(payload, separators=(",", ":")) + "\n\n"

@@ -1,0 +1,231 @@
+"""``POST /v1/chat/completions`` on the engine: OpenAI's chat shape over the same scheduler.
+
+The chat is turned into tokens with the policy's own chat template. Sampling follows
+OpenAI's defaults (temperature 1; 0 means greedy). ``n`` answers are generated side by
+side in the batch; streamed, their chunks interleave, each tagged with its ``index``.
+A stop sequence ends an answer and is not part of it. ``system_fingerprint`` and the
+``X-Model-Version`` header name the policy version that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from services.inference.engine import metrics
+from services.inference.engine.params import ValidationFailed
+from services.inference.engine.runner import GenerationError, Prepared, Runner
+from services.inference.engine.sampling import SamplingParams
+from services.inference.engine.scheduler import Token
+from services.rlhf.tokenization import encode_prompt
+
+FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+ROLES = ("system", "user", "assistant")
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+
+
+def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
+    settings = runner.settings
+    if not body.messages:
+        raise ValidationFailed("`messages` cannot be empty")
+    for index, message in enumerate(body.messages):
+        if message.role not in ROLES:
+            raise ValidationFailed(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+    if body.n > settings.max_best_of:
+        raise ValidationFailed(f"`n` must be <= {settings.max_best_of}. Given: {body.n}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0.0):
+            raise ValidationFailed(f"`{name}` is not supported by this engine")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > settings.max_stop_sequences:
+        raise ValidationFailed(
+            f"`stop` supports up to {settings.max_stop_sequences} stop sequences. "
+            f"Given: {len(stop)}"
+        )
+    max_new = body.max_completion_tokens or body.max_tokens or settings.default_max_new_tokens
+    if max_new <= 0:
+        raise ValidationFailed("`max_tokens` must be strictly positive")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    greedy = temperature == 0.0
+    return SamplingParams(
+        max_new_tokens=max_new,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy or body.top_p in (None, 1.0) else body.top_p,
+        seed=body.seed,
+        stop=tuple(s for s in stop if s),
+    )
+
+
+def add_chat_route(app: FastAPI, runner: Runner) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        started = time.perf_counter()
+        metrics.REQUEST_COUNT.inc()
+        params = sampling_for(body, runner)
+        policy = runner.policy()
+        messages = [m.model_dump() for m in body.messages]
+        prepared = runner.prepare(policy, encode_prompt(policy.tokenizer, messages), params)
+        metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            return _stream(runner, prepared, body, completion_id, created, started)
+        runs = await asyncio.gather(
+            *(runner.generate(prepared, request.is_disconnected) for _ in range(body.n))
+        )
+        if any(run is None for run in runs):
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
+        metrics.REQUEST_SUCCESS.inc()
+        metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
+        completion_tokens = sum(run.finished.generated_tokens for run in runs)
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model or "policy",
+                "system_fingerprint": policy.version,
+                "choices": [
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": _answer(run.finished)},
+                        "logprobs": None,
+                        "finish_reason": FINISH_REASONS[run.finished.reason],
+                    }
+                    for index, run in enumerate(runs)
+                ],
+                "usage": _usage(len(prepared.input_ids), completion_tokens),
+            }
+        )
+
+
+def _stream(runner: Runner, prepared: Prepared, body: ChatRequest, completion_id, created, started):
+    streams = [runner.start(prepared) for _ in range(body.n)]
+    version = prepared.policy.version
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model or "policy",
+            "system_fingerprint": version,
+            "choices": choices,
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
+
+    async def events():
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, stream) -> None:
+            try:
+                async for token in runner.tokens(stream):
+                    await merged.put((index, token))
+            except GenerationError as exc:
+                await merged.put((index, exc))
+            finally:
+                await merged.put((index, None))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+        try:
+            for index in range(body.n):
+                yield chunk([_delta(index, {"role": "assistant", "content": ""})])
+            open_streams, completion_tokens = body.n, 0
+            while open_streams:
+                index, item = await merged.get()
+                if item is None:
+                    open_streams -= 1
+                elif isinstance(item, GenerationError):
+                    metrics.REQUEST_FAILURE.labels("generation").inc()
+                    error = {"error": str(item), "error_type": "generation"}
+                    yield "data: " + json.dumps(error) + "\n\n"
+                    return
+                else:
+                    yield from_token(index, item)
+                    if item.finished is not None:
+                        completion_tokens += item.finished.generated_tokens
+            metrics.REQUEST_SUCCESS.inc()
+            metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
+            if body.stream_options and body.stream_options.include_usage:
+                yield chunk([], _usage(len(prepared.input_ids), completion_tokens))
+            yield "data: [DONE]\n\n"
+        finally:
+            for task in tasks:  # the client left: stop every answer's generation
+                task.cancel()
+            for stream in streams:
+                stream.cancel()
+
+    streamed = [0] * body.n  # characters of each answer sent so far
+
+    def from_token(index: int, token: Token) -> str:
+        # The last chunk sends what remains of the answer, which ends before the stop
+        # sequence. (Text of a stop sequence spread over several tokens may have been
+        # streamed before the sequence completed, as with TGI.)
+        finished = token.finished
+        text = "" if token.special else token.text
+        if finished is not None:
+            text = _answer(finished)[streamed[index] :]
+        streamed[index] += len(text)
+        choice = _delta(index, {"content": text} if text else {})
+        if finished is not None:
+            choice["finish_reason"] = FINISH_REASONS[finished.reason]
+        return chunk([choice])
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"X-Model-Version": version, "Cache-Control": "no-cache"},
+    )
+
+
+def _delta(index: int, delta: dict) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+
+def _answer(finished) -> str:
+    text = finished.generated_text
+    if finished.stop_sequence and text.endswith(finished.stop_sequence):
+        text = text[: -len(finished.stop_sequence)]
+    return text
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,81 @@
+"""Choosing each request's next token from the batch's logits, with TGI's parameters.
+
+As in TGI, setting a temperature, ``top_k`` or ``top_p`` turns sampling on even without
+``do_sample``; the repetition penalty divides positive and multiplies negative logits of
+tokens already in the sequence (prompt included); the logprob reported for a token is
+taken from the distribution it was chosen from, after those adjustments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def samples(self) -> bool:
+        warped = (
+            (self.temperature is not None and self.temperature != 1.0)
+            or (self.top_k is not None and self.top_k > 0)
+            or (self.top_p is not None and self.top_p < 1.0)
+        )
+        return self.do_sample or warped
+
+
+@dataclass
+class TokenChooser:
+    """One request's sampling state: its parameters, its random generator, the tokens seen."""
+
+    params: SamplingParams
+    seed: int
+    seen: torch.Tensor  # token ids of prompt + generated, for the repetition penalty
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.seed)
+
+    def choose(self, logits: torch.Tensor) -> tuple[int, float]:
+        """(token id, its logprob) from one row of fp32 logits, (vocab,)."""
+        params = self.params
+        if params.repetition_penalty is not None and params.repetition_penalty != 1.0:
+            logits = logits.clone()
+            seen = logits[self.seen]
+            penalty = params.repetition_penalty
+            logits[self.seen] = torch.where(seen < 0, seen * penalty, seen / penalty)
+        if params.samples:
+            if params.temperature is not None and params.temperature != 1.0:
+                logits = logits / params.temperature
+            if params.top_k is not None and 0 < params.top_k < logits.shape[-1]:
+                cutoff = torch.topk(logits, params.top_k).values[-1]
+                logits = logits.masked_fill(logits < cutoff, float("-inf"))
+            if params.top_p is not None and params.top_p < 1.0:
+                logits = _nucleus(logits, params.top_p)
+            logprobs = torch.log_softmax(logits, dim=-1)
+            token = int(torch.multinomial(logprobs.exp(), 1, generator=self.generator))
+        else:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            token = int(torch.argmax(logits))
+        self.seen = torch.cat((self.seen, torch.tensor([token], dtype=self.seen.dtype)))
+        return token, float(logprobs[token])
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities reach ``top_p``."""
+    ordered, order = torch.sort(logits, descending=True)
+    cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+    # Drop a token when the ones before it already reach top_p (the first always stays).
+    drop = (cumulative - torch.softmax(ordered, dim=-1)) >= top_p
+    return logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))

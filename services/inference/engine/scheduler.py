@@ -1,0 +1,431 @@
+"""Continuous batching: concurrent requests share every forward pass.
+
+One thread owns the model. Each turn of its loop it (1) drops requests whose client went
+away, (2) admits waiting requests while the batch has room, running their prompts
+together in one prefill pass and joining their caches to the running batch, and (3) runs
+one decode step for every running request. A request finishes at its end-of-sequence
+token, a stop sequence or its token limit, and leaves the batch at once; nobody waits
+for the longest request of a batch, as with static batching.
+
+Hot swap: a request is bound to the policy version serving when it arrived. Rows of
+different versions never share a pass; the loop steps one batch per version, so requests
+in flight finish on the old weights while new ones start on the new, and the old version
+is freed when its last request leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from services.inference.engine import metrics
+from services.inference.engine.detokenize import IncrementalDecoder
+from services.inference.engine.kv_cache import BatchCache
+from services.inference.engine.sampling import SamplingParams, TokenChooser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)  # identity: batches are keyed by the loaded object
+class LoadedPolicy:
+    version: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: frozenset[int]
+    loaded_at: datetime
+    autocast_bf16: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "length", "eos_token" or "stop_sequence", as TGI names them
+    generated_tokens: int
+    generated_text: str  # special tokens left out; ends with the stop sequence if one hit
+    stop_sequence: str | None
+    seed: int | None
+    input_length: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """A generated token; the last one of a request carries how it ``finished``, so a
+    stream can send it together with the final text without waiting for another event."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool
+    finished: Finished | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+class Overloaded(Exception):
+    """More requests than ``max_concurrent_requests`` are queued or running."""
+
+
+class GenerationStream:
+    """A request's events (``Token``s, the last with ``finished`` set; or ``Failed``), read
+    from an asyncio loop (``await next()``) or a plain thread (``next_blocking()``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop else queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away); the engine drops the row at its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    async def next(self):
+        return await self._queue.get()
+
+    def next_blocking(self, timeout: float | None = None):
+        return self._queue.get(timeout=timeout)
+
+    def emit(self, event) -> None:
+        if self._loop is None:
+            self._queue.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the caller's loop is closed: nobody listens any more
+            self.cancel()
+
+
+@dataclass(eq=False)
+class _Request:
+    policy: LoadedPolicy
+    input_ids: list[int]
+    params: SamplingParams
+    stream: GenerationStream
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Row:
+    request: _Request
+    chooser: TokenChooser
+    decoder: IncrementalDecoder
+    admitted_at: float
+    position: int  # position id of the next token fed in
+    last_token: int = 0
+    generated: int = 0
+
+
+@dataclass(eq=False)
+class _Batch:
+    policy: LoadedPolicy
+    rows: list[_Row]
+    cache: BatchCache
+    mask: torch.Tensor  # (rows, cache length): 1 where a row has a real token
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 16,
+        max_concurrent_requests: int = 128,
+        max_prefill_tokens: int = 4096,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_prefill_tokens = max_prefill_tokens
+        self._waiting: deque[_Request] = deque()
+        self._batches: dict[LoadedPolicy, _Batch] = {}
+        self._lock = threading.Condition()
+        self._running = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ----- the caller's side ----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return self._running
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(
+        self,
+        policy: LoadedPolicy,
+        input_ids: list[int],
+        params: SamplingParams,
+        stream: GenerationStream,
+    ) -> None:
+        """Queue a request; its events go to ``stream``. Raises Overloaded when full."""
+        with self._lock:
+            if len(self._waiting) + self._running >= self.max_concurrent_requests:
+                raise Overloaded(
+                    f"{self.max_concurrent_requests} requests are already queued or running"
+                )
+            self._waiting.append(_Request(policy, list(input_ids), params, stream))
+            metrics.QUEUE_SIZE.set(len(self._waiting))
+            self._lock.notify_all()
+
+    # ----- the engine thread ----------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._batches:
+                    self._lock.wait()
+                if self._stopping:
+                    self._fail_all("the engine is shutting down")
+                    return
+            try:
+                self._admit()
+                for batch in list(self._batches.values()):
+                    self._decode(batch)
+            except Exception:  # a bug must not kill the loop: fail what ran, keep serving
+                log.exception("engine step failed")
+                self._fail_all("generation failed; see the engine log")
+
+    def _admit(self) -> None:
+        with self._lock:
+            room = self.max_batch_size - self._running
+            admitted: list[_Request] = []
+            tokens = 0
+            while self._waiting and room > 0:
+                request = self._waiting[0]
+                if request.stream.cancelled:
+                    self._waiting.popleft()
+                    metrics.CANCELLED.inc()
+                    continue
+                if admitted and (
+                    request.policy is not admitted[0].policy
+                    or tokens + len(request.input_ids) > self.max_prefill_tokens
+                ):
+                    break
+                admitted.append(self._waiting.popleft())
+                tokens += len(request.input_ids)
+                room -= 1
+            self._running += len(admitted)
+            metrics.QUEUE_SIZE.set(len(self._waiting))
+        if admitted:
+            self._prefill(admitted)
+
+    def _prefill(self, requests: list[_Request]) -> None:
+        policy = requests[0].policy
+        started = time.perf_counter()
+        width = max(len(r.input_ids) for r in requests)
+        ids = torch.full((len(requests), width), 0, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, width - len(request.input_ids) :] = torch.tensor(request.input_ids)
+            mask[row, width - len(request.input_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = BatchCache(policy.model.config.num_hidden_layers)
+        try:
+            logits = self._forward(policy, ids, mask, positions, cache)
+        except Exception as exc:
+            log.exception("prefill failed")
+            self._finish_failed(requests, f"generation failed: {exc}")
+            return
+        rows = []
+        for request in requests:
+            seed = request.params.seed
+            if seed is None:
+                seed = random.getrandbits(63)
+            chooser = TokenChooser(request.params, seed, torch.tensor(request.input_ids))
+            rows.append(
+                _Row(
+                    request,
+                    chooser,
+                    IncrementalDecoder(policy.tokenizer),
+                    admitted_at=started,
+                    position=len(request.input_ids),
+                )
+            )
+        metrics.observe_batch("prefill", time.perf_counter() - started, len(rows))
+        new = _Batch(policy, rows, cache, mask)
+        self._emit_tokens(new, logits)
+        running = self._batches.get(policy)
+        if running is None:
+            self._batches[policy] = new
+        elif new.rows:
+            self._batches[policy] = _join(running, new)
+
+    def _decode(self, batch: _Batch) -> None:
+        self._drop_cancelled(batch)
+        if not batch.rows:
+            self._batches.pop(batch.policy, None)
+            return
+        started = time.perf_counter()
+        tokens = torch.tensor([[row.last_token] for row in batch.rows])
+        positions = torch.tensor([[row.position] for row in batch.rows])
+        for row in batch.rows:
+            row.position += 1
+        batch.mask = torch.cat((batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)), 1)
+        try:
+            logits = self._forward(batch.policy, tokens, batch.mask, positions, batch.cache)
+        except Exception as exc:
+            log.exception("decode step failed")
+            self._finish_failed([row.request for row in batch.rows], f"generation failed: {exc}")
+            self._batches.pop(batch.policy, None)
+            return
+        metrics.observe_batch("decode", time.perf_counter() - started, len(batch.rows))
+        self._emit_tokens(batch, logits)
+        if not batch.rows:
+            self._batches.pop(batch.policy, None)
+
+    def _forward(self, policy, ids, mask, positions, cache) -> torch.Tensor:
+        device = policy.device
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=policy.autocast_bf16),
+        ):
+            out = policy.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1, :].float().cpu()
+
+    def _emit_tokens(self, batch: _Batch, logits: torch.Tensor) -> None:
+        """Choose each row's next token, stream it, and remove the rows that finished."""
+        keep: list[int] = []
+        for index, row in enumerate(batch.rows):
+            token, logprob = row.chooser.choose(logits[index])
+            row.generated += 1
+            row.last_token = token
+            special = row.decoder.is_special(token)
+            text = row.decoder.token_text(token) if special else row.decoder.add(token)
+            reason = self._finish_reason(batch.policy, row, token)
+            finished = None if reason is None else self._finished(row, *reason)
+            row.request.stream.emit(Token(token, text, logprob, special, finished))
+            if finished is None:
+                keep.append(index)
+        if len(keep) < len(batch.rows):
+            _keep_rows(batch, keep)
+            with self._lock:
+                self._running -= len(batch.rows) - len(keep)
+            batch.rows = [batch.rows[i] for i in keep]
+        metrics.BATCH_SIZE.set(self._running)
+
+    def _finish_reason(self, policy: LoadedPolicy, row: _Row, token: int):
+        if token in policy.eos_token_ids:
+            return "eos_token", None
+        text = row.decoder.text
+        for stop in row.request.params.stop:
+            at = text.find(stop, max(0, len(text) - len(stop) - 64))
+            if at >= 0:
+                row.decoder.text = text[: at + len(stop)]
+                return "stop_sequence", stop
+        if row.generated >= row.request.params.max_new_tokens:
+            return "length", None
+        return None
+
+    def _finished(self, row: _Row, reason: str, stop: str | None) -> Finished:
+        request = row.request
+        return Finished(
+            reason=reason,
+            generated_tokens=row.generated,
+            generated_text=row.decoder.text,
+            stop_sequence=stop,
+            seed=row.chooser.seed if request.params.samples else None,
+            input_length=len(request.input_ids),
+            queue_s=row.admitted_at - request.queued_at,
+            inference_s=time.perf_counter() - row.admitted_at,
+        )
+
+    def _drop_cancelled(self, batch: _Batch) -> None:
+        keep = [i for i, row in enumerate(batch.rows) if not row.request.stream.cancelled]
+        if len(keep) == len(batch.rows):
+            return
+        metrics.CANCELLED.inc(len(batch.rows) - len(keep))
+        with self._lock:
+            self._running -= len(batch.rows) - len(keep)
+        _keep_rows(batch, keep)
+        batch.rows = [batch.rows[i] for i in keep]
+
+    def _finish_failed(self, requests: list[_Request], message: str) -> None:
+        with self._lock:
+            self._running -= len(requests)
+        for request in requests:
+            request.stream.emit(Failed(message))
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for request in waiting:
+            request.stream.emit(Failed(message))
+        for batch in list(self._batches.values()):
+            self._finish_failed([row.request for row in batch.rows], message)
+        self._batches.clear()
+
+
+def _keep_rows(batch: _Batch, keep: list[int]) -> None:
+    if not keep:
+        batch.mask = batch.mask[:0]
+        return
+    rows = torch.tensor(keep, dtype=torch.long)
+    batch.cache.keep_rows(rows.to(batch.policy.device))
+    batch.mask = batch.mask[rows]
+    # Columns no remaining row attends (the padding of a longer prompt that finished).
+    used = batch.mask.any(dim=0).nonzero()
+    unused_prefix = int(used[0]) if len(used) else 0
+    if unused_prefix:
+        batch.cache.drop_leading(unused_prefix)
+        batch.mask = batch.mask[:, unused_prefix:]
+
+
+def _join(running: _Batch, new: _Batch) -> _Batch:
+    length = max(running.mask.shape[1], new.mask.shape[1])
+
+    def pad(mask: torch.Tensor) -> torch.Tensor:
+        missing = length - mask.shape[1]
+        return torch.cat((torch.zeros((mask.shape[0], missing), dtype=mask.dtype), mask), 1)
+
+    return _Batch(
+        running.policy,
+        running.rows + new.rows,
+        BatchCache.join(running.cache, new.cache),
+        torch.cat((pad(running.mask), pad(new.mask))),
+    )

@@ -1,0 +1,93 @@
+"""The engine process: HTTP (TGI protocol + OpenAI chat), the ModelAdmin gRPC service, the
+scheduler thread, and following promotions.
+
+Start order: HTTP first (so liveness answers and /health says 503 while weights load),
+then the model, then readiness. Shutdown: stop taking requests, let those in flight
+finish within ``drain_timeout_s``, stop the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from services.common.generated.flywheel.v1 import admin_pb2_grpc
+from services.common.grpc_server import GrpcServer
+from services.common.http_server import HttpServerThread
+from services.common.model_admin import ModelAdminServicer
+from services.common.promotions import PromotionWatcher
+from services.common.registry import ModelRegistry
+from services.inference.engine.app import create_app
+from services.inference.engine.policies import ROLE, PolicyHolder
+from services.inference.engine.runner import Runner
+from services.inference.engine.scheduler import Scheduler
+from services.inference.engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+class EngineServer:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.policies = PolicyHolder(
+            ModelRegistry(settings.model_store_dir), settings.device, settings.precision
+        )
+        self.scheduler = Scheduler(
+            max_batch_size=settings.max_batch_size,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_prefill_tokens=settings.max_prefill_tokens,
+        )
+        self.runner = Runner(settings, self.policies, self.scheduler)
+        app = create_app(self.runner)
+        self.http = HttpServerThread(
+            app, settings.http_host, settings.http_port, settings.drain_timeout_s
+        )
+        self.admin = GrpcServer(port=settings.admin_grpc_port, max_workers=4)
+        self.admin.add(
+            admin_pb2_grpc.add_ModelAdminServicer_to_server,
+            ModelAdminServicer(ROLE, self.policies),
+            "flywheel.v1.ModelAdmin",
+        )
+        self.watcher = PromotionWatcher(
+            self.policies.registry,
+            ROLE,
+            self._follow_promotion,
+            settings.redis_url,
+            poll_s=settings.registry_poll_s,
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.http.start()
+        self.admin.start()
+        self.policies.reload(self.settings.version)
+        self.admin.set_serving(True)
+        self.watcher.start()
+        log.info(
+            "engine ready",
+            extra={"http_port": self.http.port, "admin_grpc_port": self.admin.port},
+        )
+
+    def _follow_promotion(self, version: str) -> None:
+        previous, current = self.policies.reload(version)
+        if previous != current:
+            log.info("followed a promotion: policy %s -> %s", previous, current)
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.admin.set_serving(False)
+        self.http.stop()
+        self.admin.stop(self.settings.drain_timeout_s)
+        self.scheduler.stop()
+
+    def serve_until_signal(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stop.set())
+        self.start()
+        while not stop.wait(0.5):
+            if not self.http.alive or not self.scheduler.alive:
+                log.error("the HTTP server or the scheduler exited unexpectedly")
+                break
+        self.stop()

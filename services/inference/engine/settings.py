@@ -1,0 +1,40 @@
+"""The engine's settings (environment prefix ``FLYWHEEL_ENGINE_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class EngineSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_ENGINE_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
+    http_port: int = Field(8080, description="TGI protocol, OpenAI chat route, /metrics.")
+    admin_grpc_port: int = Field(50053, description="ModelAdmin (Reload, CurrentVersion).")
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Matmul precision: 'auto' takes bf16 where the device has bf16 units "
+        "(GPUs; CPUs with AVX512-BF16 or AMX), else fp32.",
+    )
+    version: str = Field("", description="Serve this version at start; empty: the promoted one.")
+    max_concurrent_requests: int = Field(
+        128, gt=0, description="Queued + running requests past which new ones get 429."
+    )
+    max_batch_size: int = Field(16, gt=0, description="Requests sharing one forward pass.")
+    max_prefill_tokens: int = Field(
+        4096, gt=0, description="Prompt tokens prefilled together in one pass."
+    )
+    max_input_tokens: int = Field(1024, gt=0, description="Longest prompt, in tokens.")
+    max_total_tokens: int = Field(2048, gt=0, description="Prompt + max_new_tokens, at most.")
+    default_max_new_tokens: int = Field(100, gt=0, description="When a request names none.")
+    max_best_of: int = Field(4, gt=0, description="Largest TGI best_of / OpenAI n.")
+    max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences per request.")
+    registry_poll_s: float = Field(
+        30.0, gt=0, description="How often the registry is checked for a new promoted policy."
+    )
