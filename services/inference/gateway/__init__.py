@@ -1,0 +1,1 @@
+"""The public API: OpenAI-compatible chat for end users, in front of the engine."""

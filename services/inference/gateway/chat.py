@@ -1,0 +1,293 @@
+"""``POST /v1/chat/completions``: candidates from the engine, ids, records, ``best_of``.
+
+Every answer served gets a server-minted ``response_id`` and is written to the durable
+spool before the client sees the end of the response (the recorder delivers it to the
+feedback service later, so a feedback outage costs nothing here). The ``n`` answers of
+a request form one candidate group, rated with the ``feedback_token`` returned with
+them. ``best_of`` (an extension) samples that many candidates and returns the one the
+reward service scores highest; if it cannot score, the first candidate is returned and
+``flywheel.best_of.reranked`` says why not. Streamed answers that the client abandons
+are not recorded (nobody saw them whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from services.common.credentials import new_feedback_token
+from services.inference.gateway.api_keys import KeyRecord
+from services.inference.gateway.engine_client import (
+    Completion,
+    EngineClient,
+    EngineFailed,
+    Sampling,
+)
+from services.inference.gateway.records import (
+    interactions,
+    new_conversation_id,
+    new_group_id,
+    new_response_id,
+)
+from services.inference.gateway.reward_client import RewardClient, RewardUnavailable
+from services.inference.gateway.spool import InteractionSpool
+
+ROLES = ("system", "user", "assistant")
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class ChatBody(BaseModel):
+    model: str | None = None
+    messages: list[Message]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    stream: bool = False
+    best_of: int | None = Field(None, ge=1, description="Flywheel extension: rerank with the RM")
+    conversation_id: str | None = Field(None, max_length=200)
+    user: str | None = None
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ChatDeps:
+    engine: EngineClient
+    reward: RewardClient
+    spool: InteractionSpool
+    max_messages: int
+    max_n: int
+
+
+def check(body: ChatBody, deps: ChatDeps) -> Sampling:
+    if not body.messages:
+        raise InvalidRequest("messages must not be empty", "messages")
+    if len(body.messages) > deps.max_messages:
+        raise InvalidRequest(f"at most {deps.max_messages} messages per request", "messages")
+    for index, message in enumerate(body.messages):
+        if message.role not in ROLES:
+            raise InvalidRequest(
+                f"role must be one of {', '.join(ROLES)}", f"messages[{index}].role"
+            )
+    if body.n > deps.max_n:
+        raise InvalidRequest(f"n must be at most {deps.max_n}", "n")
+    if body.best_of is not None and body.best_of > 1:
+        if body.stream:
+            raise InvalidRequest("best_of cannot be streamed: all candidates come first", "best_of")
+        if body.n != 1:
+            raise InvalidRequest("best_of returns one answer: use it with n = 1", "best_of")
+        if body.best_of > deps.max_n:
+            raise InvalidRequest(f"best_of must be at most {deps.max_n}", "best_of")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return Sampling(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=stop,
+    )
+
+
+def candidate_sampling(sampling: Sampling, index: int) -> Sampling:
+    """Candidates of one request must differ: a fixed seed becomes seed + index."""
+    if sampling.seed is None or index == 0:
+        return sampling
+    return Sampling(
+        sampling.max_tokens,
+        sampling.temperature,
+        sampling.top_p,
+        sampling.seed + index,
+        sampling.stop,
+    )
+
+
+async def complete(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> dict:
+    sampling = check(body, deps)
+    messages = [m.model_dump() for m in body.messages]
+    count = body.best_of if body.best_of and body.best_of > 1 else body.n
+    candidates: list[Completion] = await asyncio.gather(
+        *(deps.engine.complete(messages, candidate_sampling(sampling, i)) for i in range(count))
+    )
+    best_of = None
+    if count > body.n:
+        candidates, best_of = await _rerank(deps.reward, messages, candidates)
+    group = _Group(body, key, messages, sampling)
+    await group.record(
+        deps.spool, [c.text for c in candidates], [c.model_version for c in candidates]
+    )
+    prompt_tokens = candidates[0].prompt_tokens
+    completion_tokens = sum(c.completion_tokens for c in candidates)
+    return {
+        "id": group.completion_id,
+        "object": "chat.completion",
+        "created": group.created,
+        "model": body.model or "policy",
+        "system_fingerprint": candidates[0].model_version,
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+                "response_id": group.response_ids[index],
+            }
+            for index, c in enumerate(candidates)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "flywheel": group.metadata(best_of),
+    }
+
+
+async def _rerank(reward: RewardClient, messages, candidates: list[Completion]):
+    answers = [c.text for c in candidates]
+    try:
+        scores = await reward.score(messages, answers)
+    except RewardUnavailable as exc:
+        return candidates[:1], {
+            "candidates": len(candidates),
+            "reranked": False,
+            "reason": f"reward service unavailable: {exc}",
+        }
+    best = max(range(len(candidates)), key=lambda i: scores.rewards[i])
+    return [candidates[best]], {
+        "candidates": len(candidates),
+        "reranked": True,
+        "chosen": best,
+        "rewards": scores.rewards,
+        "reward_model_version": scores.model_version,
+    }
+
+
+class _Group:
+    """The answers of one request: ids, token and what gets recorded."""
+
+    def __init__(self, body: ChatBody, key: KeyRecord, messages, sampling: Sampling) -> None:
+        self.body, self.key, self.messages, self.sampling = body, key, messages, sampling
+        self.completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.group = new_group_id()
+        self.feedback_token = new_feedback_token()
+        self.conversation_id = body.conversation_id or new_conversation_id()
+        self.response_ids: list[str] = []
+
+    async def record(self, spool: InteractionSpool, answers: list[str], versions: list[str]):
+        self.response_ids = [new_response_id() for _ in answers]
+        records = interactions(
+            messages=self.messages,
+            answers=answers,
+            response_ids=self.response_ids,
+            versions=versions,
+            group=self.group,
+            conversation_id=self.conversation_id,
+            sampling=self.sampling,
+            api_key_id=self.key.id,
+            feedback_token=self.feedback_token,
+        )
+        # Durable (fsync) before the client gets the answer: a crash after this loses nothing.
+        await asyncio.to_thread(spool.enqueue_many, records)
+
+    def metadata(self, best_of: dict | None) -> dict:
+        meta = {
+            "candidate_group": self.group,
+            "conversation_id": self.conversation_id,
+            "feedback_token": self.feedback_token,
+            "response_ids": self.response_ids,
+        }
+        if best_of is not None:
+            meta["best_of"] = best_of
+        return meta
+
+
+def stream(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
+    sampling = check(body, deps)
+    messages = [m.model_dump() for m in body.messages]
+    group = _Group(body, key, messages, sampling)
+
+    def chunk(payload: dict) -> str:
+        base = {
+            "id": group.completion_id,
+            "object": "chat.completion.chunk",
+            "created": group.created,
+            "model": body.model or "policy",
+        }
+        return "data: " + json.dumps({**base, **payload}, separators=(",", ":")) + "\n\n"
+
+    async def events():
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int) -> None:
+            try:
+                async for delta in deps.engine.stream(
+                    messages, candidate_sampling(sampling, index)
+                ):
+                    await merged.put((index, delta))
+            except EngineFailed as exc:
+                await merged.put((index, exc))
+            finally:
+                await merged.put((index, None))
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(body.n)]
+        texts, versions = [""] * body.n, [""] * body.n
+        prompt_tokens, completion_tokens, open_streams = 0, 0, body.n
+        try:
+            while open_streams:
+                index, item = await merged.get()
+                if item is None:
+                    open_streams -= 1
+                    continue
+                if isinstance(item, EngineFailed):
+                    error = {"message": item.message, "type": "server_error", "code": item.code}
+                    yield "data: " + json.dumps({"error": error}) + "\n\n"
+                    return
+                versions[index] = item.model_version or versions[index]
+                if item.completion_tokens is not None:
+                    completion_tokens += item.completion_tokens
+                    prompt_tokens = item.prompt_tokens or prompt_tokens
+                    continue
+                texts[index] += item.text
+                delta = {"content": item.text} if item.text else {}
+                choice = {"index": index, "delta": delta, "logprobs": None}
+                choice["finish_reason"] = item.finish_reason
+                yield chunk({"system_fingerprint": item.model_version, "choices": [choice]})
+            await group.record(deps.spool, texts, versions)
+            yield chunk(
+                {
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                    "flywheel": group.metadata(None),
+                }
+            )
+            yield "data: [DONE]\n\n"
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -1,0 +1,73 @@
+"""The gateway process: the public HTTP API and the recorder that drains the spool.
+
+Shutdown: stop taking requests (those in flight finish within ``drain_timeout_s`` and
+reach the spool), then give the recorder the same time to deliver; what it could not
+deliver stays in the spool file for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from services.common.http_server import HttpServerThread
+from services.inference.gateway import chat
+from services.inference.gateway.api_keys import ApiKeyStore
+from services.inference.gateway.app import create_app
+from services.inference.gateway.engine_client import EngineClient
+from services.inference.gateway.metrics import watch_spool
+from services.inference.gateway.rate_limit import RateLimiter
+from services.inference.gateway.recorder import InteractionRecorder
+from services.inference.gateway.reward_client import RewardClient
+from services.inference.gateway.settings import GatewaySettings
+from services.inference.gateway.spool import InteractionSpool
+
+log = logging.getLogger(__name__)
+
+
+class GatewayServer:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.keys = ApiKeyStore(settings.resolved_api_keys_file)
+        self.spool = InteractionSpool(settings.resolved_spool_path)
+        self.recorder = InteractionRecorder.from_settings(settings, self.spool)
+        deps = chat.ChatDeps(
+            engine=EngineClient(settings.engine_url, settings.request_timeout_s),
+            reward=RewardClient(settings.reward_grpc_target),
+            spool=self.spool,
+            max_messages=settings.max_messages,
+            max_n=settings.max_n,
+        )
+        limiter = RateLimiter.from_url(settings.redis_url)
+        app = create_app(settings, self.keys, limiter, deps)
+        self.http = HttpServerThread(
+            app, settings.http_host, settings.http_port, settings.drain_timeout_s
+        )
+
+    def start(self) -> None:
+        watch_spool(self.spool)
+        self.recorder.start()
+        self.http.start()
+        log.info(
+            "gateway ready",
+            extra={"http_port": self.http.port, "spool_pending": self.spool.pending_count()},
+        )
+
+    def stop(self) -> None:
+        self.http.stop()
+        left = self.recorder.stop(self.settings.drain_timeout_s)
+        if left:
+            log.warning("%d answers wait in the spool for the feedback service", left)
+        self.spool.close()
+
+    def serve_until_signal(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stop.set())
+        self.start()
+        while not stop.wait(0.5):
+            if not self.http.alive:
+                log.error("the HTTP server exited unexpectedly")
+                break
+        self.stop()

@@ -1,0 +1,273 @@
+"""The public API end to end on loopback: the official openai client against the gateway,
+in front of the real engine, reward and feedback services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from services.common.registry import ModelRegistry
+from services.inference.engine.server import EngineServer
+from services.inference.gateway.api_keys import ApiKeyStore
+from services.inference.gateway.server import GatewayServer
+from services.inference.gateway.settings import GatewaySettings
+from services.reward.server import RewardServer
+from services.reward.settings import RewardSettings
+from services.rlhf.heads import ScalarHeadModel
+from tests.inference.gateway.gateway_helpers import free_port, wait_for
+from tests.inference.inference_helpers import engine_settings
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+
+
+@dataclass
+class Stack:
+    gateway: GatewayServer
+    settings: GatewaySettings
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.http.port}"
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0)
+
+
+def add_reward_model(registry: ModelRegistry, tiny_model_dir) -> None:
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def write(folder):
+        rm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    registry.promote("reward", registry.create_version("reward", write).version)
+
+
+@pytest.fixture
+def engine_server(policy_store, gateway_redis_url) -> Iterator[EngineServer]:
+    server = EngineServer(engine_settings(policy_store, gateway_redis_url))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reward_target(policy_store, tiny_model_dir, gateway_redis_url) -> Iterator[str]:
+    add_reward_model(policy_store, tiny_model_dir)
+    server = RewardServer(
+        RewardSettings(
+            FLYWHEEL_MODEL_STORE=policy_store.root,
+            FLYWHEEL_REDIS_URL=gateway_redis_url,
+            grpc_port=0,
+            device="cpu",
+            drain_timeout_s=1,
+        )
+    )
+    port = server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+def gateway_settings(tmp_path, redis_url, engine_port, feedback, reward, **overrides):
+    return GatewaySettings(
+        FLYWHEEL_DATA_DIR=tmp_path / "gateway",
+        FLYWHEEL_REDIS_URL=redis_url,
+        http_port=0,
+        engine_url=f"http://127.0.0.1:{engine_port}",
+        feedback_grpc_target=feedback,
+        reward_grpc_target=reward,
+        recorder_retry_initial_s=0.1,
+        recorder_retry_max_s=0.5,
+        drain_timeout_s=2,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def gateway_overrides() -> dict:
+    return {}
+
+
+@pytest.fixture
+def stack(
+    tmp_path, gateway_redis_url, engine_server, feedback, reward_target, gateway_overrides
+) -> Iterator[Stack]:
+    settings = gateway_settings(
+        tmp_path,
+        gateway_redis_url,
+        engine_server.http.port,
+        feedback.target,
+        reward_target,
+        **gateway_overrides,
+    )
+    settings.resolved_api_keys_file.parent.mkdir(parents=True, exist_ok=True)
+    key = ApiKeyStore(settings.resolved_api_keys_file).ensure_dev_key(tmp_path / "dev-api-key")
+    gateway = GatewayServer(settings)
+    gateway.start()
+    yield Stack(gateway, settings, key)
+    gateway.stop()
+
+
+def test_chat_is_answered_and_recorded_with_the_feedback_service(stack, feedback):
+    reply = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=6, temperature=0
+    )
+    choice = reply.choices[0]
+    meta = reply.model_extra["flywheel"]
+    response_id = choice.model_extra["response_id"]
+    assert choice.message.content and reply.system_fingerprint == "v0"
+    assert meta["response_ids"] == [response_id] and meta["feedback_token"].startswith("fwt_")
+    wait_for(lambda: feedback.interaction_count() == 1, what="the record to arrive")
+    stored = feedback.get(response_id)
+    assert stored.answer == choice.message.content
+    assert stored.model_version == "v0" and stored.candidate_count == 1
+    assert [(m.role, m.content) for m in stored.messages] == [("user", "Name a colour.")]
+    assert stored.sampling.temperature == 0 and not stored.sampling.do_sample
+
+
+def test_n_candidates_form_one_group(stack, feedback):
+    reply = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, n=3, max_tokens=5
+    )
+    ids = [c.model_extra["response_id"] for c in reply.choices]
+    assert len(set(ids)) == 3 and [c.index for c in reply.choices] == [0, 1, 2]
+    wait_for(lambda: feedback.interaction_count() == 3, what="three records")
+    stored = [feedback.get(i) for i in ids]
+    assert {s.candidate_group for s in stored} == {reply.model_extra["flywheel"]["candidate_group"]}
+    assert [s.candidate_index for s in stored] == [0, 1, 2]
+
+
+def test_streaming_through_the_gateway(stack, feedback):
+    whole = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=8, temperature=0
+    )
+    chunks = list(
+        stack.client().chat.completions.create(
+            model="policy", messages=MESSAGES, max_tokens=8, temperature=0, stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    meta = chunks[-1].model_extra["flywheel"]
+    wait_for(lambda: feedback.interaction_count() == 2, what="both records")
+    assert feedback.get(meta["response_ids"][0]).answer == text
+
+
+def test_best_of_picks_the_reward_models_favourite(stack):
+    reply = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=5, extra_body={"best_of": 3}
+    )
+    best_of = reply.model_extra["flywheel"]["best_of"]
+    assert best_of["reranked"] is True and len(best_of["rewards"]) == 3
+    assert best_of["chosen"] == max(range(3), key=lambda i: best_of["rewards"][i])
+    assert len(reply.choices) == 1
+
+
+def test_best_of_without_a_reward_service_says_so(
+    tmp_path, gateway_redis_url, engine_server, feedback
+):
+    settings = gateway_settings(
+        tmp_path,
+        gateway_redis_url,
+        engine_server.http.port,
+        feedback.target,
+        f"127.0.0.1:{free_port()}",
+    )
+    settings.resolved_api_keys_file.parent.mkdir(parents=True, exist_ok=True)
+    key = ApiKeyStore(settings.resolved_api_keys_file).ensure_dev_key(tmp_path / "k")
+    gateway = GatewayServer(settings)
+    gateway.start()
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{gateway.http.port}/v1", api_key=key, max_retries=0
+        )
+        reply = client.chat.completions.create(
+            model="policy", messages=MESSAGES, max_tokens=4, extra_body={"best_of": 2}
+        )
+    finally:
+        gateway.stop()
+    best_of = reply.model_extra["flywheel"]["best_of"]
+    assert best_of["reranked"] is False and "reward service unavailable" in best_of["reason"]
+
+
+def test_keys_are_required(stack):
+    with pytest.raises(openai.AuthenticationError):
+        stack.client("fwk_not-a-key").chat.completions.create(model="policy", messages=MESSAGES)
+    no_key = httpx.post(f"{stack.url}/v1/chat/completions", json={"messages": MESSAGES})
+    assert no_key.status_code == 401
+    assert no_key.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"rate_limit_burst": 2}])
+def test_rate_limit_per_key(stack):
+    client = stack.client()
+    for _ in range(2):
+        client.chat.completions.create(model="policy", messages=MESSAGES, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="policy", messages=MESSAGES, max_tokens=1)
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"max_body_bytes": 2048, "max_n": 2}])
+def test_bad_requests_get_openai_errors(stack):
+    client = stack.client()
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="policy", messages=[])
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.chat.completions.create(model="policy", messages=MESSAGES, n=3)
+    assert too_many.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="policy", messages=[{"role": "wizard", "content": "hi"}]
+        )
+    huge = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x" * 5000}]},
+        headers={"Authorization": f"Bearer {stack.key}"},
+    )
+    assert huge.status_code == 413 and huge.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_models_and_probes(stack):
+    models = stack.client().models.list()
+    assert [m.id for m in models.data] == ["policy"]
+    assert httpx.get(f"{stack.url}/healthz").status_code == 200
+    assert httpx.get(f"{stack.url}/readyz").status_code == 200
+
+
+def test_answers_served_while_feedback_is_down_survive_a_gateway_restart(
+    tmp_path, gateway_redis_url, engine_server, feedback, reward_target
+):
+    settings = gateway_settings(
+        tmp_path, gateway_redis_url, engine_server.http.port, feedback.target, reward_target
+    )
+    settings.resolved_api_keys_file.parent.mkdir(parents=True, exist_ok=True)
+    key = ApiKeyStore(settings.resolved_api_keys_file).ensure_dev_key(tmp_path / "k")
+    feedback.stop()
+    gateway = GatewayServer(settings)
+    gateway.start()
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{gateway.http.port}/v1", api_key=key, max_retries=0
+    )
+    served = [
+        client.chat.completions.create(model="policy", messages=MESSAGES, max_tokens=3)
+        for _ in range(3)
+    ]
+    gateway.stop()  # the feedback service is still down: the records stay in the spool
+    restarted = GatewayServer(settings)
+    restarted.start()
+    try:
+        feedback.start()
+        wait_for(lambda: feedback.interaction_count() == 3, timeout=20, what="the spooled records")
+    finally:
+        restarted.stop()
+    for reply in served:
+        response_id = reply.choices[0].model_extra["response_id"]
+        assert feedback.get(response_id).answer == reply.choices[0].message.content
