@@ -1,6 +1,9 @@
 """The reward service process: load the RM, then serve RewardService and ModelAdmin.
 
-Health says NOT_SERVING until a version is loaded (the process is alive meanwhile).
+Health says NOT_SERVING until a version is loaded (the process is alive meanwhile). A fresh
+stack has a policy but no reward model until the trainer makes one: then the service keeps
+serving NOT_SERVING and loads the RM when a promotion arrives (announcement or registry poll)
+or when ModelAdmin.Reload is called, instead of crashing and being restarted in a loop.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from services.common.generated.flywheel.v1 import admin_pb2_grpc, reward_pb2_grp
 from services.common.grpc_server import GrpcServer
 from services.common.model_admin import ModelAdminServicer
 from services.common.promotions import PromotionWatcher
-from services.common.registry import ModelRegistry
+from services.common.registry import ModelRegistry, VersionNotFoundError
 from services.reward.grpc_service import RewardServicer
-from services.reward.scorer import ROLE, RewardScorer
+from services.reward.scorer import ROLE, RewardScorer, ServedModel
 from services.reward.settings import RewardSettings
 
 log = logging.getLogger(__name__)
@@ -47,23 +50,45 @@ class RewardServer:
         )
         self.grpc.add(
             admin_pb2_grpc.add_ModelAdminServicer_to_server,
-            ModelAdminServicer(ROLE, self.scorer),
+            ModelAdminServicer(ROLE, self),
             "flywheel.v1.ModelAdmin",
         )
 
+    @property
+    def current(self) -> ServedModel | None:
+        return self.scorer.current
+
+    def reload(self, version: str = "") -> tuple[str, str]:
+        """Load ``version`` (ModelAdmin's contract), then report ready: the first load may come
+        after start, when the service waited for a promoted reward model."""
+        previous, current = self.scorer.reload(version)
+        self.grpc.set_serving(True)
+        return previous, current
+
     def start(self) -> int:
-        """Serve (not ready yet), load the model, then report ready; the bound port."""
+        """Serve (not ready yet), load the model, then report ready; the bound port.
+
+        With no version asked for and none promoted yet, stay up and NOT_SERVING: the
+        promotion watcher loads the first reward model when one is promoted.
+        """
         self.scorer.start()
         port = self.grpc.start()
-        self.scorer.reload(self.settings.version)
-        self.grpc.set_serving(True)
+        try:
+            self.reload(self.settings.version)
+        except VersionNotFoundError:
+            if self.settings.version:  # an operator asked for a version that is not there
+                raise
+            log.warning(
+                "no reward model is promoted yet: waiting for one (health NOT_SERVING until "
+                "the trainer or `flywheel models promote` promotes a reward version)"
+            )
         self.watcher.start()
         return port
 
     def _follow_promotion(self, version: str) -> None:
-        previous, current = self.scorer.reload(version)
+        previous, current = self.reload(version)
         if previous != current:
-            log.info("followed a promotion: reward %s -> %s", previous, current)
+            log.info("followed a promotion: reward %s -> %s", previous or "none", current)
 
     def stop(self) -> None:
         self.watcher.stop()

@@ -137,3 +137,54 @@ def test_calls_without_a_deadline_and_past_their_deadline(server):
     with pytest.raises(grpc.RpcError) as late:
         stub.Score(request(*["word " * 50] * 32), timeout=0.001)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_without_a_promoted_rm_it_waits_not_serving_then_follows_the_first_promotion(
+    tiny_model_dir, tmp_path, redis_url
+):
+    """A fresh stack has no reward model: the service stays up, NOT_SERVING, until one is
+    promoted, then loads it and reports SERVING."""
+    from transformers import AutoTokenizer
+
+    from services.common.registry import ModelRegistry
+    from services.rlhf.heads import ScalarHeadModel
+
+    def write_rm(folder):
+        ScalarHeadModel.from_pretrained(tiny_model_dir).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+
+    registry = ModelRegistry(tmp_path / "models")
+    settings = RewardSettings(
+        FLYWHEEL_MODEL_STORE=registry.root,
+        FLYWHEEL_REDIS_URL=redis_url,
+        grpc_port=0,
+        device="cpu",
+        max_tokens=256,
+        drain_timeout_s=1,
+    )
+    server = RewardServer(settings)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        admin = admin_pb2_grpc.ModelAdminStub(channel)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving
+        assert admin.CurrentVersion(admin_pb2.CurrentVersionRequest(), timeout=5).version == ""
+        with pytest.raises(grpc.RpcError) as early:
+            reward_pb2_grpc.RewardServiceStub(channel).Score(request("Blue."), timeout=5)
+        assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        registry.promote("reward", registry.create_version("reward", write_rm).version)
+        deadline = time.monotonic() + 20
+        status = not_serving
+        while status != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            announce_promotion(redis_url, "reward", "v0", "promote")
+            time.sleep(0.2)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert admin.CurrentVersion(admin_pb2.CurrentVersionRequest(), timeout=5).version == "v0"
+        assert reward_pb2_grpc.RewardServiceStub(channel).Score(request("Blue."), timeout=30)
+    finally:
+        channel.close()
+        server.stop()
