@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench test test-slow lint format proto proto-check lock demo clean
+.PHONY: install install-bench install-bench-llamacpp test test-slow lint format proto proto-check lock demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ install: $(STAMP)
 # The peers the benchmarks compare against (TRL); kept out of the services' dependencies.
 install-bench: install
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+
+# llama.cpp's OpenAI server, the inference benchmark's peer: built from the sdist (no wheel
+# for this platform, ~9 min on 2 cores; needs cmake and g++) into its own venv so the
+# project's stays untouched.
+install-bench-llamacpp:
+	test -x .venv-llamacpp/bin/python || $(PYTHON) -m venv .venv-llamacpp
+	.venv-llamacpp/bin/pip install -q --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 .venv-llamacpp/bin/pip install -q \
+		'llama-cpp-python[server]==0.3.36'
 
 # Lint, the proto check, then the default suite with the servers it needs started
 # (and stopped again, even when a test fails).

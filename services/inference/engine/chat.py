@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -53,6 +54,7 @@ class ChatRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logprobs: bool | None = None
+    ignore_eos: bool = False  # vLLM's extension: keep generating past end-of-sequence
 
 
 def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
@@ -85,6 +87,7 @@ def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
         top_p=None if greedy or body.top_p in (None, 1.0) else body.top_p,
         seed=body.seed,
         stop=tuple(s for s in stop if s),
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -103,7 +106,7 @@ def add_chat_route(app: FastAPI, runner: Runner) -> None:
         if body.stream:
             return _stream(runner, prepared, body, completion_id, created, started)
         runs = await asyncio.gather(
-            *(runner.generate(prepared, request.is_disconnected) for _ in range(body.n))
+            *(runner.generate(p, request.is_disconnected) for p in _candidates(prepared, body.n))
         )
         if any(run is None for run in runs):
             return JSONResponse({"error": "client disconnected"}, status_code=499)
@@ -132,7 +135,7 @@ def add_chat_route(app: FastAPI, runner: Runner) -> None:
 
 
 def _stream(runner: Runner, prepared: Prepared, body: ChatRequest, completion_id, created, started):
-    streams = [runner.start(prepared) for _ in range(body.n)]
+    streams = [runner.start(p) for p in _candidates(prepared, body.n)]
     version = prepared.policy.version
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
@@ -210,6 +213,17 @@ def _stream(runner: Runner, prepared: Prepared, body: ChatRequest, completion_id
         media_type="text/event-stream",
         headers={"X-Model-Version": version, "Cache-Control": "no-cache"},
     )
+
+
+def _candidates(prepared: Prepared, n: int) -> list[Prepared]:
+    """``n`` requests for the ``n`` answers; a fixed seed becomes seed + index so that they
+    differ (and each stays reproducible)."""
+    seed = prepared.params.seed
+    if seed is None or n == 1:
+        return [prepared] * n
+    return [
+        replace(prepared, params=replace(prepared.params, seed=seed + index)) for index in range(n)
+    ]
 
 
 def _delta(index: int, delta: dict) -> dict:

@@ -23,6 +23,7 @@ class SamplingParams:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate max_new_tokens whatever the model says (benchmarks)
 
     @property
     def samples(self) -> bool:

@@ -44,7 +44,6 @@ class LoadedPolicy:
     tokenizer: PreTrainedTokenizerBase
     eos_token_ids: frozenset[int]
     loaded_at: datetime
-    autocast_bf16: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -313,10 +312,7 @@ class Scheduler:
 
     def _forward(self, policy, ids, mask, positions, cache) -> torch.Tensor:
         device = policy.device
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=policy.autocast_bf16),
-        ):
+        with torch.inference_mode():
             out = policy.model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -349,7 +345,7 @@ class Scheduler:
         metrics.BATCH_SIZE.set(self._running)
 
     def _finish_reason(self, policy: LoadedPolicy, row: _Row, token: int):
-        if token in policy.eos_token_ids:
+        if token in policy.eos_token_ids and not row.request.params.ignore_eos:
             return "eos_token", None
         text = row.decoder.text
         for stop in row.request.params.stop:

@@ -12,6 +12,8 @@ import logging
 import signal
 import threading
 
+import torch
+
 from services.common.generated.flywheel.v1 import admin_pb2_grpc
 from services.common.grpc_server import GrpcServer
 from services.common.http_server import HttpServerThread
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 class EngineServer:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.policies = PolicyHolder(
             ModelRegistry(settings.model_store_dir), settings.device, settings.precision
         )

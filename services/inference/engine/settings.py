@@ -22,6 +22,12 @@ class EngineSettings(ServiceSettings):
         description="Matmul precision: 'auto' takes bf16 where the device has bf16 units "
         "(GPUs; CPUs with AVX512-BF16 or AMX), else fp32.",
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads torch computes with; 0: one per core. Lower it when other busy "
+        "processes share the cores: a step waits for its slowest thread.",
+    )
     version: str = Field("", description="Serve this version at start; empty: the promoted one.")
     max_concurrent_requests: int = Field(
         128, gt=0, description="Queued + running requests past which new ones get 429."

@@ -101,3 +101,15 @@ def test_huggingface_hub_chat_completion(engine):
         if chunk.choices
     )
     assert streamed == reply.choices[0].message.content
+
+
+def test_n_answers_with_a_seed_differ_and_repeat(client):
+    first = client.chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=8, n=2, seed=11
+    )
+    again = client.chat.completions.create(
+        model="policy", messages=MESSAGES, max_tokens=8, n=2, seed=11
+    )
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert texts[0] != texts[1]

