@@ -224,15 +224,16 @@ class Scheduler:
 
     def _admit(self) -> None:
         with self._lock:
+            # Requests whose client left stop holding a place in the queue at once, even
+            # while the batch is full (they count toward max_concurrent_requests).
+            live = [r for r in self._waiting if not r.stream.cancelled]
+            metrics.CANCELLED.inc(len(self._waiting) - len(live))
+            self._waiting = deque(live)
             room = self.max_batch_size - self._running
             admitted: list[_Request] = []
             tokens = 0
             while self._waiting and room > 0:
                 request = self._waiting[0]
-                if request.stream.cancelled:
-                    self._waiting.popleft()
-                    metrics.CANCELLED.inc()
-                    continue
                 if admitted and (
                     request.policy is not admitted[0].policy
                     or tokens + len(request.input_ids) > self.max_prefill_tokens
