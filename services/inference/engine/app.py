@@ -141,7 +141,7 @@ def create_app(runner: Runner) -> FastAPI:
             )
         )
         if any(run is None for run in runs):
-            return JSONResponse({"error": "client disconnected"}, status_code=499)
+            return JSONResponse({"error": "client disconnected"}, status_code=499), None
         best = max(runs, key=lambda run: sum(t.logprob for t in run.tokens))
         metrics.REQUEST_SUCCESS.inc()
         metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
