@@ -68,7 +68,7 @@ def test_a_stream_whose_client_leaves_is_cancelled(engine):
 
 def test_a_waiting_request_whose_client_leaves_is_dropped(engine):
     results: dict = {}
-    busy = threading.Thread(target=long_request, args=(engine, results, 0, 200))
+    busy = threading.Thread(target=long_request, args=(engine, results, 0, 1000))
     busy.start()
     scheduler = engine.server.scheduler
     wait_for(lambda: scheduler.batch_size == 1)
