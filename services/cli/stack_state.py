@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from services.common.atomic_files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,8 @@ def write_record(run_dir: Path, record: ProcessRecord) -> None:
     crash leaves the old file or the new one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = state_path(run_dir, record.service)
-    fd, temp = tempfile.mkstemp(dir=run_dir, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(record), out, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    # 0600: the records name commands and environment of the user's processes.
+    write_atomically(path, json.dumps(asdict(record), indent=2) + "\n", mode=0o600)
 
 
 def read_record(run_dir: Path, service: str) -> ProcessRecord | None:

@@ -25,9 +25,9 @@ TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"
 """Held while a training run is in progress: one run at a time."""
 
 
-def rate_limit_key(api_key_id: str, window: int) -> str:
-    """Counter of requests from one API key in one fixed time window."""
-    return f"{PREFIX}:ratelimit:{api_key_id}:{window}"
+def rate_limit_key(api_key_id: str) -> str:
+    """The gateway's rate-limit bucket of one API key (a GCRA timestamp)."""
+    return f"{PREFIX}:gateway:ratelimit:{api_key_id}"
 
 
 def feedback_delivered_key(event_id: str) -> str:

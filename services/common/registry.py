@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from services.common.atomic_files import fsync_dir, write_atomically
+
 ROLES = ("policy", "reward")
 Status = Literal["candidate", "promoted", "retired", "rejected", "rolled-back"]
 MANIFEST = "manifest.json"
@@ -121,24 +123,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ModelRegistry:
@@ -249,7 +233,7 @@ class ModelRegistry:
                     f.flush()
                     os.fsync(f.fileno())
                 os.rename(staging, role_dir / version)
-                _fsync_dir(role_dir)
+                fsync_dir(role_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -384,7 +368,7 @@ class ModelRegistry:
             raise CorruptVersionError(f"{path} is not valid JSON ({exc})") from None
 
     def _write_state(self, role: str, state: dict[str, Any]) -> None:
-        _write_json_atomically(self.root / role / STATE, state)
+        write_atomically(self.root / role / STATE, json.dumps(state, indent=2, sort_keys=True))
 
     @staticmethod
     def _append_history(

@@ -22,7 +22,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common.atomic_files import write_atomically
 from services.common.credentials import (
     API_KEY_PREFIX,
     api_key_id,
@@ -82,25 +82,6 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically, readable by the owner only, durably."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:  # mkstemp makes it 0600
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power loss
-    finally:
-        os.close(directory)
 
 
 class ApiKeyStore:
@@ -203,7 +184,7 @@ class ApiKeyStore:
             text = json.dumps(
                 {"version": FORMAT_VERSION, "keys": [r.to_json() for r in records]}, indent=2
             )
-            _write_private(self.path, text + "\n")
+            write_atomically(self.path, text + "\n", mode=0o600)
         self._refresh(force=True)
 
     def _add(
@@ -276,7 +257,7 @@ class ApiKeyStore:
             key = dev_key_path.read_text().strip() if dev_key_path.exists() else ""
             if not key.startswith(API_KEY_PREFIX):
                 key = new_api_key()
-                _write_private(dev_key_path, key + "\n")
+                write_atomically(dev_key_path, key + "\n", mode=0o600)
             self._refresh(force=True)
             if self.authenticate(key) is None:
                 self._add(key, "development", None, None)

@@ -25,17 +25,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.common.redis_names import PREFIX
+from services.common.redis_names import rate_limit_key
 from services.inference.gateway import metrics
 from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-
-
-def rate_limit_key(api_key_id: str) -> str:
-    """The Redis key of one API key's bucket."""
-    return f"{PREFIX}:gateway:ratelimit:{api_key_id}"
 
 
 # KEYS[1]: the bucket. ARGV: emission interval (us per request), burst, cost.

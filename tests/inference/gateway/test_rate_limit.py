@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import redis
 from prometheus_client import REGISTRY
 
+from services.common.redis_names import rate_limit_key
 from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.rate_limit import (
     RateLimiter,
     RateLimitPolicy,
-    rate_limit_key,
     retry_after_header,
 )
 from services.inference.gateway.settings import GatewaySettings
