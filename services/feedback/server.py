@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
-import threading
 
 import redis
 
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.common.grpc_server import GrpcServer
-from services.common.http_server import HttpServerThread
+from services.common.http_server import HttpServerThread, run_until_signal
 from services.common.metrics import set_build_info
 from services.feedback.api.app import create_app
 from services.feedback.core import FeedbackCore, engine_url_for_logs
@@ -72,15 +70,7 @@ class FeedbackServer:
         log.info("feedback service stopped")
 
     def serve_until_signal(self) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: stop.set())
-        self.start()
-        while not stop.wait(0.5):
-            if not self._http.alive:
-                log.error("HTTP server exited unexpectedly")
-                break
-        self.stop()
+        run_until_signal(self.start, self.stop, healthy=lambda: self._http.alive)
 
 
 def serve(settings: FeedbackSettings | None = None) -> None:

@@ -28,7 +28,13 @@ from services.inference.engine.params import (
     ValidationFailed,
     check_parameters,
 )
-from services.inference.engine.runner import Generation, GenerationError, NotReady, Runner
+from services.inference.engine.runner import (
+    ClientGone,
+    Generation,
+    GenerationError,
+    NotReady,
+    Runner,
+)
 from services.inference.engine.scheduler import Overloaded, Token
 
 VERSION_HEADER = "X-Model-Version"
@@ -91,6 +97,11 @@ def create_app(runner: Runner) -> FastAPI:
     async def not_ready(request: Request, exc: NotReady):
         return tgi_error(503, "unhealthy", str(exc))
 
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone):
+        # Nobody reads it; 499 (nginx's "client closed request") keeps it out of 5xx alerts.
+        return JSONResponse({"error": str(exc)}, status_code=499)
+
     @app.exception_handler(GenerationError)
     async def failed(request: Request, exc: GenerationError):
         return tgi_error(424, "generation", str(exc))
@@ -134,14 +145,10 @@ def create_app(runner: Runner) -> FastAPI:
         metrics.REQUEST_COUNT.inc()
         prepared, best_of = _prepare(runner, body, streaming=False)
         metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
+        # best_of > 1 forbids a seed, so each copy samples with its own random seed.
         runs = await asyncio.gather(
-            *(
-                runner.generate(p, request.is_disconnected)
-                for p in _best_of_copies(prepared, best_of)
-            )
+            *(runner.generate(prepared, request.is_disconnected) for _ in range(best_of))
         )
-        if any(run is None for run in runs):
-            return JSONResponse({"error": "client disconnected"}, status_code=499), None
         best = max(runs, key=lambda run: sum(t.logprob for t in run.tokens))
         metrics.REQUEST_SUCCESS.inc()
         metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
@@ -171,8 +178,6 @@ def create_app(runner: Runner) -> FastAPI:
     @app.post("/generate")
     async def generate_route(body: GenerateRequest, request: Request):
         result, version = await generate(body, request)
-        if isinstance(result, JSONResponse):
-            return result
         return JSONResponse(result, headers={VERSION_HEADER: version})
 
     async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
@@ -221,8 +226,6 @@ def create_app(runner: Runner) -> FastAPI:
         if body.stream:
             return await generate_stream(body, request)
         result, version = await generate(body, request)
-        if isinstance(result, JSONResponse):
-            return result
         return JSONResponse([result], headers={VERSION_HEADER: version})
 
     add_chat_route(app, runner)
@@ -243,13 +246,6 @@ def _prepare(runner: Runner, body: GenerateRequest, *, streaming: bool):
     if body.parameters.truncate:
         input_ids = input_ids[-body.parameters.truncate :]
     return runner.prepare(policy, input_ids, params), body.parameters.best_of or 1
-
-
-def _best_of_copies(prepared, best_of: int):
-    """best_of samples with distinct seeds (best_of > 1 requires sampling and no seed)."""
-    if best_of == 1:
-        return [prepared]
-    return [prepared] * best_of  # each request draws its own random seed
 
 
 def _full_text(body: GenerateRequest, text: str) -> str:

@@ -13,12 +13,14 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from services.common.aio import merge
 from services.inference.engine import metrics
 from services.inference.engine.params import ValidationFailed
 from services.inference.engine.runner import GenerationError, Prepared, Runner
@@ -108,8 +110,6 @@ def add_chat_route(app: FastAPI, runner: Runner) -> None:
         runs = await asyncio.gather(
             *(runner.generate(p, request.is_disconnected) for p in _candidates(prepared, body.n))
         )
-        if any(run is None for run in runs):
-            return JSONResponse({"error": "client disconnected"}, status_code=499)
         metrics.REQUEST_SUCCESS.inc()
         metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
         completion_tokens = sum(run.finished.generated_tokens for run in runs)
@@ -152,44 +152,26 @@ def _stream(runner: Runner, prepared: Prepared, body: ChatRequest, completion_id
         return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
 
     async def events():
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int, stream) -> None:
-            try:
-                async for token in runner.tokens(stream):
-                    await merged.put((index, token))
-            except GenerationError as exc:
-                await merged.put((index, exc))
-            finally:
-                await merged.put((index, None))
-
-        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
         try:
             for index in range(body.n):
                 yield chunk([_delta(index, {"role": "assistant", "content": ""})])
-            open_streams, completion_tokens = body.n, 0
-            while open_streams:
-                index, item = await merged.get()
-                if item is None:
-                    open_streams -= 1
-                elif isinstance(item, GenerationError):
-                    metrics.REQUEST_FAILURE.labels("generation").inc()
-                    error = {"error": str(item), "error_type": "generation"}
-                    yield "data: " + json.dumps(error) + "\n\n"
-                    return
-                else:
-                    yield from_token(index, item)
-                    if item.finished is not None:
-                        completion_tokens += item.finished.generated_tokens
+            completion_tokens = 0
+            async with aclosing(merge([runner.tokens(s) for s in streams])) as tokens:
+                async for index, token in tokens:
+                    yield from_token(index, token)
+                    if token.finished is not None:
+                        completion_tokens += token.finished.generated_tokens
             metrics.REQUEST_SUCCESS.inc()
             metrics.REQUEST_DURATION.observe(time.perf_counter() - started)
             if body.stream_options and body.stream_options.include_usage:
                 yield chunk([], _usage(len(prepared.input_ids), completion_tokens))
             yield "data: [DONE]\n\n"
+        except GenerationError as exc:
+            metrics.REQUEST_FAILURE.labels("generation").inc()
+            error = {"error": str(exc), "error_type": "generation"}
+            yield "data: " + json.dumps(error) + "\n\n"
         finally:
-            for task in tasks:  # the client left: stop every answer's generation
-                task.cancel()
-            for stream in streams:
+            for stream in streams:  # the client left: stop every answer's generation
                 stream.cancel()
 
     streamed = [0] * body.n  # characters of each answer sent so far

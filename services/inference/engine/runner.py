@@ -33,6 +33,10 @@ class GenerationError(Exception):
     """The engine failed while generating (TGI's 424)."""
 
 
+class ClientGone(Exception):
+    """The client left before its answer was complete; the generation was cancelled."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     policy: LoadedPolicy
@@ -104,14 +108,14 @@ class Runner:
 
     async def generate(
         self, prepared: Prepared, disconnected: Callable[[], object] | None = None
-    ) -> Generation | None:
-        """Run to the end; None if the client left (the generation was cancelled)."""
+    ) -> Generation:
+        """Run to the end; ClientGone if the client left (the generation is cancelled)."""
         tokens: list[Token] = []
         async for token in self.tokens(self.start(prepared), disconnected):
             tokens.append(token)
             if token.finished is not None:
                 return Generation(tokens, token.finished)
-        return None
+        raise ClientGone("the client disconnected")
 
 
 async def _next_or_disconnect(stream: GenerationStream, disconnected) -> object | None:
@@ -132,4 +136,4 @@ def _observe(finished: Finished) -> None:
         metrics.TIME_PER_TOKEN.observe(finished.inference_s / finished.generated_tokens)
 
 
-__all__ = ["GenerationError", "NotReady", "Prepared", "Runner", "ValidationFailed"]
+__all__ = ["ClientGone", "GenerationError", "NotReady", "Prepared", "Runner", "ValidationFailed"]

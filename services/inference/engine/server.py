@@ -9,14 +9,12 @@ finish within ``drain_timeout_s``, stop the scheduler.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 import torch
 
 from services.common.generated.flywheel.v1 import admin_pb2_grpc
 from services.common.grpc_server import GrpcServer
-from services.common.http_server import HttpServerThread
+from services.common.http_server import HttpServerThread, run_until_signal
 from services.common.model_admin import ModelAdminServicer
 from services.common.promotions import PromotionWatcher
 from services.common.registry import ModelRegistry
@@ -86,12 +84,6 @@ class EngineServer:
         self.scheduler.stop()
 
     def serve_until_signal(self) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: stop.set())
-        self.start()
-        while not stop.wait(0.5):
-            if not self.http.alive or not self.scheduler.alive:
-                log.error("the HTTP server or the scheduler exited unexpectedly")
-                break
-        self.stop()
+        run_until_signal(
+            self.start, self.stop, healthy=lambda: self.http.alive and self.scheduler.alive
+        )

@@ -16,11 +16,13 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from services.common.aio import merge
 from services.common.credentials import new_feedback_token
 from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.engine_client import (
@@ -235,58 +237,42 @@ def stream(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
         return "data: " + json.dumps({**base, **payload}, separators=(",", ":")) + "\n\n"
 
     async def events():
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int) -> None:
-            try:
-                async for delta in deps.engine.stream(
-                    messages, candidate_sampling(sampling, index)
-                ):
-                    await merged.put((index, delta))
-            except EngineFailed as exc:
-                await merged.put((index, exc))
-            finally:
-                await merged.put((index, None))
-
-        tasks = [asyncio.create_task(pump(i)) for i in range(body.n)]
         texts, versions = [""] * body.n, [""] * body.n
-        prompt_tokens, completion_tokens, open_streams = 0, 0, body.n
+        prompt_tokens, completion_tokens = 0, 0
+        candidates = [
+            deps.engine.stream(messages, candidate_sampling(sampling, i)) for i in range(body.n)
+        ]
         try:
-            while open_streams:
-                index, item = await merged.get()
-                if item is None:
-                    open_streams -= 1
-                    continue
-                if isinstance(item, EngineFailed):
-                    error = {"message": item.message, "type": "server_error", "code": item.code}
-                    yield "data: " + json.dumps({"error": error}) + "\n\n"
-                    return
-                versions[index] = item.model_version or versions[index]
-                if item.completion_tokens is not None:
-                    completion_tokens += item.completion_tokens
-                    prompt_tokens = item.prompt_tokens or prompt_tokens
-                    continue
-                texts[index] += item.text
-                delta = {"content": item.text} if item.text else {}
-                choice = {"index": index, "delta": delta, "logprobs": None}
-                choice["finish_reason"] = item.finish_reason
-                yield chunk({"system_fingerprint": item.model_version, "choices": [choice]})
-            await group.record(deps.spool, texts, versions)
-            yield chunk(
-                {
-                    "choices": [],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    },
-                    "flywheel": group.metadata(None),
-                }
-            )
-            yield "data: [DONE]\n\n"
-        finally:
-            for task in tasks:
-                task.cancel()
+            # aclosing: a client that hangs up stops every candidate's engine call at once.
+            async with aclosing(merge(candidates)) as deltas:
+                async for index, item in deltas:
+                    versions[index] = item.model_version or versions[index]
+                    if item.completion_tokens is not None:
+                        completion_tokens += item.completion_tokens
+                        prompt_tokens = item.prompt_tokens or prompt_tokens
+                        continue
+                    texts[index] += item.text
+                    delta = {"content": item.text} if item.text else {}
+                    choice = {"index": index, "delta": delta, "logprobs": None}
+                    choice["finish_reason"] = item.finish_reason
+                    yield chunk({"system_fingerprint": item.model_version, "choices": [choice]})
+        except EngineFailed as exc:
+            error = {"message": exc.message, "type": "server_error", "code": exc.code}
+            yield "data: " + json.dumps({"error": error}) + "\n\n"
+            return
+        await group.record(deps.spool, texts, versions)
+        yield chunk(
+            {
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "flywheel": group.metadata(None),
+            }
+        )
+        yield "data: [DONE]\n\n"
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.credentials import new_feedback_token
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2
 from services.inference.gateway.engine_client import Sampling
 
@@ -69,6 +68,3 @@ def interactions(
             zip(answers, response_ids, versions, strict=True)
         )
     ]
-
-
-__all__ = ["interactions", "new_feedback_token", "new_group_id", "new_response_id"]

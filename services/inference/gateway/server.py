@@ -8,10 +8,8 @@ deliver stays in the spool file for the next start.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
-from services.common.http_server import HttpServerThread
+from services.common.http_server import HttpServerThread, run_until_signal
 from services.inference.gateway import chat
 from services.inference.gateway.api_keys import ApiKeyStore
 from services.inference.gateway.app import create_app
@@ -62,12 +60,4 @@ class GatewayServer:
         self.spool.close()
 
     def serve_until_signal(self) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: stop.set())
-        self.start()
-        while not stop.wait(0.5):
-            if not self.http.alive:
-                log.error("the HTTP server exited unexpectedly")
-                break
-        self.stop()
+        run_until_signal(self.start, self.stop, healthy=lambda: self.http.alive)
