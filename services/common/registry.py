@@ -177,6 +177,15 @@ class ModelRegistry:
                 raise CorruptVersionError(f"{info.id}: {name} does not match its checksum")
         return info
 
+    def version_to_load(self, role: str, version: str, serving: str) -> VersionInfo | None:
+        """What a service serving ``serving`` must load for a reload to ``version`` (empty:
+        the promoted one), its files checked; None when that is already the one serving.
+        The rule every ModelAdmin.Reload follows (reward service, engine)."""
+        info = self.resolve(f"{role}/{version}" if version else role)
+        if info.version == serving:
+            return None
+        return self.verify(role, info.version)
+
     # ----- writing -------------------------------------------------------------
 
     def create_version(

@@ -123,11 +123,10 @@ class RewardScorer:
         serving.
         """
         with self._reload_lock:
-            info = self._registry.resolve(f"{ROLE}/{version}" if version else ROLE)
             previous = self._current.version if self._current else ""
-            if previous == info.version:
+            info = self._registry.version_to_load(ROLE, version, serving=previous)
+            if info is None:
                 return previous, previous
-            self._registry.verify(ROLE, info.version)
             started = time.perf_counter()
             model = ScalarHeadModel.from_pretrained(
                 info.path, dtype=self._dtype, device=str(self._device)

@@ -258,3 +258,10 @@ def test_state_file_is_replaced_not_rewritten_in_place(registry):
     registry.promote("policy", "v1")
     assert os.stat(state).st_ino != inode_before
     assert not [p for p in state.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_version_to_load_for_a_reload(model_store):
+    assert model_store.version_to_load("policy", "", serving="v0") is None
+    assert model_store.version_to_load("policy", "v0", serving="").version == "v0"
+    with pytest.raises(VersionNotFoundError):
+        model_store.version_to_load("policy", "v9", serving="v0")

@@ -43,11 +43,10 @@ class PolicyHolder:
         Registry errors propagate and the old version keeps serving.
         """
         with self._lock:
-            info = self.registry.resolve(f"{ROLE}/{version}" if version else ROLE)
             previous = self._current.version if self._current else ""
-            if previous == info.version:
+            info = self.registry.version_to_load(ROLE, version, serving=previous)
+            if info is None:
                 return previous, previous
-            self.registry.verify(ROLE, info.version)
             started = time.perf_counter()
             # bf16 weights, not fp32 ones under autocast: a decode step reads every weight
             # once, so halving their bytes is what speeds it up (autocast would re-cast them
