@@ -5,20 +5,28 @@ events), ``POST /`` (either, by its ``stream`` flag; TGI clients post here), ``G
 ``GET /health`` (ready: a model is loaded), ``GET /metrics``; plus ``GET /livez`` (alive:
 the event loop answers, however full the queue is) and ``POST /v1/chat/completions``
 (services/inference/engine/chat.py). Every response carries ``X-Model-Version``.
-Errors: ``{"error": ..., "error_type": ...}`` with 422 validation, 424 generation,
-429 overloaded, 503 not ready.
+Errors, whatever their cause (routing, method, body size, parsing, validation, generation):
+``{"error": ..., "error_type": ...}`` with 404/405, 413 body too large, 422 validation,
+424 generation, 429 overloaded, 503 not ready; 499 when the client left.
+
+``tgi_request_count`` counts every request to a generation route as it arrives (a body that
+does not parse too), so ``tgi_request_success`` + ``tgi_request_failure`` never exceed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
 from services.inference.engine import metrics
 from services.inference.engine.chat import add_chat_route
@@ -27,6 +35,7 @@ from services.inference.engine.params import (
     GenerateRequest,
     ValidationFailed,
     check_parameters,
+    describe_problem,
 )
 from services.inference.engine.runner import (
     ClientGone,
@@ -37,7 +46,10 @@ from services.inference.engine.runner import (
 )
 from services.inference.engine.scheduler import Overloaded, Token
 
+log = logging.getLogger(__name__)
+
 VERSION_HEADER = "X-Model-Version"
+GENERATION_ROUTES = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions"})
 
 
 class VersionHeader:
@@ -66,9 +78,53 @@ class VersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
-def tgi_error(status: int, error_type: str, message: str) -> JSONResponse:
-    metrics.REQUEST_FAILURE.labels(error_type).inc()
+class CountRequests:
+    """Counts requests to the generation routes on arrival, before anything can refuse them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        http = scope["type"] == "http"
+        if http and scope["method"] == "POST" and scope["path"] in GENERATION_ROUTES:
+            metrics.REQUEST_COUNT.inc()
+        await self.app(scope, receive, send)
+
+
+class ErrorBody(BaseModel):
+    """TGI's error body."""
+
+    error: str
+    error_type: str
+
+
+def error_body(status: int, error_type: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+
+def tgi_error(request: Request, status: int, error_type: str, message: str) -> JSONResponse:
+    """An error answer; counted as a failed request when it answers a generation route."""
+    if request.url.path in GENERATION_ROUTES and request.method == "POST":
+        metrics.REQUEST_FAILURE.labels(error_type).inc()
+    return error_body(status, error_type, message)
+
+
+def _documented(*statuses: int) -> dict:
+    return {
+        status: {"model": ErrorBody, "description": _STATUS_TEXT[status]} for status in statuses
+    }
+
+
+_STATUS_TEXT = {
+    413: "Body too large.",
+    422: "Input validation error.",
+    424: "Generation failed.",
+    429: "Overloaded: too many requests queued or running.",
+    499: "The client left; the generation was cancelled.",
+    503: "No model loaded yet, or the engine is stalled.",
+}
+_GENERATION_ERRORS = _documented(413, 422, 424, 429, 499, 503)
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 def create_app(runner: Runner) -> FastAPI:
@@ -76,44 +132,69 @@ def create_app(runner: Runner) -> FastAPI:
     settings = runner.settings
     add_metrics_route(app)
 
+    def too_large(limit: int) -> JSONResponse:
+        metrics.REQUEST_FAILURE.labels("validation").inc()
+        return error_body(413, "validation", f"Input validation error: body over {limit} bytes")
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, refuse=too_large)
     app.add_middleware(VersionHeader, policies=runner.policies)
+    app.add_middleware(CountRequests)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return tgi_error(422, "validation", f"Input validation error: {problems}")
+        problems = "; ".join(describe_problem(e) for e in exc.errors())
+        return tgi_error(request, 422, "validation", f"Input validation error: {problems}")
 
     @app.exception_handler(ValidationFailed)
     async def refused(request: Request, exc: ValidationFailed):
-        return tgi_error(422, "validation", f"Input validation error: {exc}")
+        return tgi_error(request, 422, "validation", f"Input validation error: {exc}")
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
-        return tgi_error(429, "overloaded", "Model is overloaded")
+        return tgi_error(request, 429, "overloaded", "Model is overloaded")
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady):
-        return tgi_error(503, "unhealthy", str(exc))
+        return tgi_error(request, 503, "unhealthy", str(exc))
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):
         # Nobody reads it; 499 (nginx's "client closed request") keeps it out of 5xx alerts.
-        return JSONResponse({"error": str(exc)}, status_code=499)
+        return error_body(499, "cancelled", str(exc))
 
     @app.exception_handler(GenerationError)
     async def failed(request: Request, exc: GenerationError):
-        return tgi_error(424, "generation", str(exc))
+        return tgi_error(request, 424, "generation", str(exc))
 
-    @app.get("/health")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Unknown routes, wrong methods, bodies that are not JSON or not UTF-8.
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        status = exc.status_code
+        if status == 400:  # FastAPI's "error parsing the body": TGI calls it validation
+            return tgi_error(request, 422, "validation", f"Input validation error: {exc.detail}")
+        return tgi_error(request, status, kinds.get(status, "http"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error answering %s", request.url.path)
+        return tgi_error(request, 500, "internal", "the engine failed to answer; see its log")
+
+    def stalled() -> bool:
+        return not runner.scheduler.alive or runner.scheduler.stalled(settings.stall_timeout_s)
+
+    @app.get("/health", responses={200: {"description": "Ready."}, **_documented(503)})
     async def health():
-        if runner.policies.current is None or not runner.scheduler.alive:
-            return tgi_error(503, "unhealthy", "the engine is not ready")
+        if runner.policies.current is None or stalled():
+            return error_body(503, "unhealthy", "the engine is not ready")
         return JSONResponse(None)
 
-    @app.get("/livez")
+    @app.get("/livez", responses={200: {"description": "Alive."}, **_documented(503)})
     async def livez():
+        # Red when the scheduler died or has work but made no step for stall_timeout_s:
+        # an orchestrator restarts the process. A long queue alone is not a reason.
+        if stalled():
+            return error_body(503, "unhealthy", "the scheduler is stalled or dead")
         return {"status": "alive"}
 
     @app.get("/info")
@@ -142,7 +223,6 @@ def create_app(runner: Runner) -> FastAPI:
 
     async def generate(body: GenerateRequest, request: Request):
         started = time.perf_counter()
-        metrics.REQUEST_COUNT.inc()
         prepared, best_of = _prepare(runner, body, streaming=False)
         metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
         # best_of > 1 forbids a seed, so each copy samples with its own random seed.
@@ -175,14 +255,13 @@ def create_app(runner: Runner) -> FastAPI:
             }
         return result, prepared.policy.version
 
-    @app.post("/generate")
+    @app.post("/generate", responses=_GENERATION_ERRORS)
     async def generate_route(body: GenerateRequest, request: Request):
         result, version = await generate(body, request)
         return JSONResponse(result, headers={VERSION_HEADER: version})
 
     async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
         started = time.perf_counter()
-        metrics.REQUEST_COUNT.inc()
         prepared, _ = _prepare(runner, body, streaming=True)
         metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)
         stream = runner.start(prepared)
@@ -217,18 +296,30 @@ def create_app(runner: Runner) -> FastAPI:
             headers={VERSION_HEADER: prepared.policy.version, "Cache-Control": "no-cache"},
         )
 
-    @app.post("/generate_stream")
+    @app.post(
+        "/generate_stream",
+        responses={
+            200: {"description": "Server-sent events", "content": _SSE},
+            **_GENERATION_ERRORS,
+        },
+    )
     async def generate_stream_route(body: GenerateRequest, request: Request):
         return await generate_stream(body, request)
 
-    @app.post("/")
+    @app.post(
+        "/",
+        responses={
+            200: {"description": "A list of one result, or events", "content": _SSE},
+            **_GENERATION_ERRORS,
+        },
+    )
     async def compat(body: CompatGenerateRequest, request: Request):
         if body.stream:
             return await generate_stream(body, request)
         result, version = await generate(body, request)
         return JSONResponse([result], headers={VERSION_HEADER: version})
 
-    add_chat_route(app, runner)
+    add_chat_route(app, runner, responses=_GENERATION_ERRORS, stream_content=_SSE)
     return app
 
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,55 +23,55 @@ from pydantic import BaseModel, Field
 
 from services.common.aio import merge
 from services.inference.engine import metrics
-from services.inference.engine.params import ValidationFailed
+from services.inference.engine.params import STRICT, ValidationFailed
 from services.inference.engine.runner import GenerationError, Prepared, Runner
-from services.inference.engine.sampling import SamplingParams
+from services.inference.engine.sampling import MAX_SEED, SamplingParams
 from services.inference.engine.scheduler import Token
 from services.rlhf.tokenization import encode_prompt
 
 FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-ROLES = ("system", "user", "assistant")
 
 
 class ChatMessage(BaseModel):
-    role: str
+    model_config = STRICT
+
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
+    model_config = STRICT
+
     model: str | None = None
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=0, le=0, description="Not supported.")
+    frequency_penalty: float | None = Field(None, ge=0, le=0, description="Not supported.")
     logprobs: bool | None = None
     ignore_eos: bool = False  # vLLM's extension: keep generating past end-of-sequence
 
 
 def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
     settings = runner.settings
-    if not body.messages:
-        raise ValidationFailed("`messages` cannot be empty")
-    for index, message in enumerate(body.messages):
-        if message.role not in ROLES:
-            raise ValidationFailed(f"messages[{index}].role must be one of {', '.join(ROLES)}")
     if body.n > settings.max_best_of:
         raise ValidationFailed(f"`n` must be <= {settings.max_best_of}. Given: {body.n}")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) not in (None, 0.0):
-            raise ValidationFailed(f"`{name}` is not supported by this engine")
+    if body.seed is not None and body.seed + body.n - 1 > MAX_SEED:
+        # The n answers use seeds seed, seed + 1, ... (see _candidates).
+        raise ValidationFailed(f"`seed` + `n` - 1 must be <= {MAX_SEED}")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > settings.max_stop_sequences:
         raise ValidationFailed(
@@ -78,8 +79,6 @@ def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
             f"Given: {len(stop)}"
         )
     max_new = body.max_completion_tokens or body.max_tokens or settings.default_max_new_tokens
-    if max_new <= 0:
-        raise ValidationFailed("`max_tokens` must be strictly positive")
     temperature = 1.0 if body.temperature is None else body.temperature
     greedy = temperature == 0.0
     return SamplingParams(
@@ -93,11 +92,19 @@ def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
     )
 
 
-def add_chat_route(app: FastAPI, runner: Runner) -> None:
-    @app.post("/v1/chat/completions")
+def add_chat_route(app: FastAPI, runner: Runner, responses: dict, stream_content: dict) -> None:
+    @app.post(
+        "/v1/chat/completions",
+        responses={
+            200: {
+                "description": "A completion, or chunks when streaming",
+                "content": stream_content,
+            },
+            **responses,
+        },
+    )
     async def chat_completions(body: ChatRequest, request: Request):
         started = time.perf_counter()
-        metrics.REQUEST_COUNT.inc()
         params = sampling_for(body, runner)
         policy = runner.policy()
         messages = [m.model_dump() for m in body.messages]

@@ -8,41 +8,91 @@ are checked in :func:`check_lengths` once the prompt is encoded.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.inference.engine.sampling import SamplingParams
+from services.inference.engine.sampling import MAX_SEED, SamplingParams
 
 
 class ValidationFailed(ValueError):
     """A request TGI would refuse with 422 and ``error_type: validation``."""
 
 
+# Strict: a client's "2" for an int or 1 for a bool is a mistake to report, not to guess
+# at; no NaN or infinity either (Python's JSON parser reads NaN, Infinity and 1e309).
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
 class GenerateParameters(BaseModel):
     # Unknown parameters (grammar, adapter_id...) are accepted and ignored, as TGI
     # ignores what a model does not use; the ones with an effect are checked below.
-    model_config = ConfigDict(extra="allow")
+    # Parameters this engine does not implement accept only their "off" value.
+    model_config = ConfigDict(extra="allow", **STRICT)
 
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1)
     decoder_input_details: bool = False
     details: bool = False
     do_sample: bool = False
-    frequency_penalty: float | None = None
-    max_new_tokens: int | None = None
-    repetition_penalty: float | None = None
+    frequency_penalty: float | None = Field(None, ge=0, le=0, description="Not supported.")
+    max_new_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
     return_full_text: bool | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: list[str] = Field(default_factory=list)
-    temperature: float | None = None
-    top_k: int | None = None
-    top_n_tokens: int | None = None
-    top_p: float | None = None
-    truncate: int | None = None
-    typical_p: float | None = None
-    watermark: bool = False
+    temperature: float | None = Field(None, gt=0)
+    top_k: int | None = Field(None, ge=1)
+    top_n_tokens: int | None = Field(None, ge=0, le=0, description="Not supported.")
+    top_p: float | None = Field(None, gt=0, lt=1)
+    truncate: int | None = Field(None, ge=1)
+    typical_p: None = Field(None, description="Not supported.")
+    watermark: Literal[False] = Field(False, description="Not supported.")
+
+
+# TGI's words for a parameter outside its range, so clients and people see what TGI says.
+RANGE_MESSAGES = {
+    "best_of": "`best_of` must be > 0",
+    "frequency_penalty": "`frequency_penalty` is not supported by this engine",
+    "max_new_tokens": "`max_new_tokens` must be strictly positive",
+    "repetition_penalty": "`repetition_penalty` must be strictly positive",
+    "seed": f"`seed` must be >= 0 and <= {MAX_SEED}",
+    "temperature": "`temperature` must be strictly positive",
+    "top_k": "`top_k` must be strictly positive",
+    "top_n_tokens": "`top_n_tokens` is not supported by this engine",
+    "top_p": "`top_p` must be > 0.0 and < 1.0",
+    "truncate": "`truncate` must be strictly positive",
+    "typical_p": "`typical_p` is not supported by this engine",
+    "watermark": "`watermark` is not supported by this engine",
+    "inputs": "`inputs` cannot be empty",
+}
+_RANGE_ERRORS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "literal_error",
+    "none_required",
+    "string_too_short",
+}
+
+
+def describe_problem(error: dict) -> str:
+    """One pydantic error in TGI's words where TGI has some, else pydantic's."""
+    loc = tuple(error["loc"])
+    field = str(loc[-1]) if loc else ""
+    tgi_field = loc[:2] == ("body", "parameters") or loc == ("body", "inputs")
+    if tgi_field and error["type"] in _RANGE_ERRORS and field in RANGE_MESSAGES:
+        return RANGE_MESSAGES[field]
+    if error["type"] == "finite_number":
+        return f"`{field}` must be a finite number"
+    where = ".".join(str(p) for p in error["loc"][1:]) or "body"
+    return f"{where}: {error['msg']}"
 
 
 class GenerateRequest(BaseModel):
-    inputs: str
+    model_config = STRICT
+
+    inputs: str = Field(min_length=1)
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
 
 
@@ -60,36 +110,15 @@ def check_parameters(
     max_stop_sequences: int,
     default_max_new_tokens: int,
 ) -> SamplingParams:
-    """The sampling parameters of a valid request; ValidationFailed otherwise."""
+    """The sampling parameters of a request whose fields passed the schema (each field's
+    range lives there); the rules between fields and against the settings are here."""
     p = parameters
-    if p.temperature is not None and p.temperature <= 0:
-        raise ValidationFailed("`temperature` must be strictly positive")
-    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
-        raise ValidationFailed("`repetition_penalty` must be strictly positive")
-    if p.frequency_penalty is not None and not -2.0 <= p.frequency_penalty <= 2.0:
-        raise ValidationFailed("`frequency_penalty` must be >= -2.0 and <= 2.0")
-    if p.frequency_penalty not in (None, 0.0):
-        raise ValidationFailed("`frequency_penalty` is not supported by this engine")
-    if p.top_p is not None and not 0.0 < p.top_p < 1.0:
-        raise ValidationFailed("`top_p` must be > 0.0 and < 1.0")
-    if p.typical_p is not None and not 0.0 < p.typical_p < 1.0:
-        raise ValidationFailed("`typical_p` must be > 0.0 and < 1.0")
-    if p.typical_p is not None:
-        raise ValidationFailed("`typical_p` is not supported by this engine")
-    if p.top_k is not None and p.top_k <= 0:
-        raise ValidationFailed("`top_k` must be strictly positive")
-    if p.max_new_tokens is not None and p.max_new_tokens <= 0:
-        raise ValidationFailed("`max_new_tokens` must be strictly positive")
     if len(p.stop) > max_stop_sequences:
         raise ValidationFailed(
             f"`stop` supports up to {max_stop_sequences} stop sequences. Given: {len(p.stop)}"
         )
     if any(not s for s in p.stop):
         raise ValidationFailed("`stop` sequences cannot be empty")
-    if p.top_n_tokens:
-        raise ValidationFailed("`top_n_tokens` is not supported by this engine")
-    if p.watermark:
-        raise ValidationFailed("`watermark` is not supported by this engine")
     params = SamplingParams(
         max_new_tokens=p.max_new_tokens or default_max_new_tokens,
         do_sample=p.do_sample,
@@ -101,8 +130,6 @@ def check_parameters(
         stop=tuple(p.stop),
     )
     if p.best_of is not None:
-        if p.best_of <= 0:
-            raise ValidationFailed("`best_of` must be > 0")
         if p.best_of > max_best_of:
             raise ValidationFailed(
                 f"`best_of` must be > 0 and <= {max_best_of}. Given: {p.best_of}"

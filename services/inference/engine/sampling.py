@@ -4,6 +4,12 @@ As in TGI, setting a temperature, ``top_k`` or ``top_p`` turns sampling on even 
 ``do_sample``; the repetition penalty divides positive and multiplies negative logits of
 tokens already in the sequence (prompt included); the logprob reported for a token is
 taken from the distribution it was chosen from, after those adjustments.
+
+Every finite positive parameter is safe here: the logits are shifted so their maximum is 0
+before dividing by the temperature (a tiny temperature gives -inf, never inf - inf = NaN;
+one below float32's range counts as its smallest value),
+and a penalty that overflows is clipped to the float range, so one request's extreme
+values cannot produce NaN probabilities (which would make ``multinomial`` raise).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+MAX_SEED = 2**64 - 1  # a torch.Generator takes seeds in [0, 2^64); TGI's seed is a u64
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,12 @@ class TokenChooser:
             seen = logits[self.seen]
             penalty = params.repetition_penalty
             logits[self.seen] = torch.where(seen < 0, seen * penalty, seen / penalty)
+            logits = _finite(logits)
         if params.samples:
             if params.temperature is not None and params.temperature != 1.0:
-                logits = logits / params.temperature
+                # Below float32's smallest normal a temperature would round to 0 (0/0).
+                temperature = max(params.temperature, torch.finfo(logits.dtype).tiny)
+                logits = (logits - logits.max()) / temperature
             if params.top_k is not None and 0 < params.top_k < logits.shape[-1]:
                 cutoff = torch.topk(logits, params.top_k).values[-1]
                 logits = logits.masked_fill(logits < cutoff, float("-inf"))
@@ -71,6 +82,13 @@ class TokenChooser:
             token = int(torch.argmax(logits))
         self.seen = torch.cat((self.seen, torch.tensor([token], dtype=self.seen.dtype)))
         return token, float(logprobs[token])
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """Overflowed logits clipped to the float range (NaN, which no valid input makes, is
+    treated as impossible)."""
+    top = torch.finfo(logits.dtype).max
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=top, neginf=-top)
 
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -7,6 +7,14 @@ one decode step for every running request. A request finishes at its end-of-sequ
 token, a stop sequence or its token limit, and leaves the batch at once; nobody waits
 for the longest request of a batch, as with static batching.
 
+Isolation: one request's trouble stays its own. Preparing a request (its sampler, its
+seed), choosing or detokenizing its token fails that request alone; a prefill pass that
+fails is retried one request at a time, so a poisonous prompt fails alone too. Only a
+decode pass that fails takes down the rows that shared it (nothing in it belongs to one
+row). The running count is recomputed from the batches after every step, so no path can
+leak a slot, and ``stalled()`` tells a watchdog when work waits but the loop has not
+turned for a while (a hung kernel, a deadlock).
+
 Hot swap: a request is bound to the policy version serving when it arrived. Rows of
 different versions never share a pass; the loop steps one batch per version, so requests
 in flight finish on the old weights while new ones start on the new, and the old version
@@ -161,6 +169,8 @@ class Scheduler:
         self._running = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # When the loop last finished a step or found nothing to do (monotonic seconds).
+        self._last_progress = time.monotonic()
 
     # ----- the caller's side ----------------------------------------------------
 
@@ -187,6 +197,13 @@ class Scheduler:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def stalled(self, after_s: float) -> bool:
+        """True when requests are queued or running but the loop has made no step for
+        ``after_s`` seconds: the engine is wedged and should be restarted."""
+        with self._lock:
+            busy = bool(self._waiting) or self._running > 0
+            return busy and time.monotonic() - self._last_progress > after_s
+
     def submit(
         self,
         policy: LoadedPolicy,
@@ -200,6 +217,8 @@ class Scheduler:
                 raise Overloaded(
                     f"{self.max_concurrent_requests} requests are already queued or running"
                 )
+            if not self._waiting and not self._running:
+                self._last_progress = time.monotonic()  # idle until now, not stuck
             self._waiting.append(_Request(policy, list(input_ids), params, stream))
             metrics.QUEUE_SIZE.set(len(self._waiting))
             self._lock.notify_all()
@@ -210,6 +229,7 @@ class Scheduler:
         while True:
             with self._lock:
                 while not self._stopping and not self._waiting and not self._batches:
+                    self._last_progress = time.monotonic()
                     self._lock.wait()
                 if self._stopping:
                     self._fail_all("the engine is shutting down")
@@ -221,6 +241,16 @@ class Scheduler:
             except Exception:  # a bug must not kill the loop: fail what ran, keep serving
                 log.exception("engine step failed")
                 self._fail_all("generation failed; see the engine log")
+            finally:
+                self._count_running()
+
+    def _count_running(self) -> None:
+        """The running count from the batches themselves: whatever failed, no slot leaks."""
+        running = sum(len(batch.rows) for batch in self._batches.values())
+        with self._lock:
+            self._running = running
+            self._last_progress = time.monotonic()
+        metrics.BATCH_SIZE.set(running)
 
     def _admit(self) -> None:
         with self._lock:
@@ -248,45 +278,66 @@ class Scheduler:
             self._prefill(admitted)
 
     def _prefill(self, requests: list[_Request]) -> None:
-        policy = requests[0].policy
         started = time.perf_counter()
-        width = max(len(r.input_ids) for r in requests)
-        ids = torch.full((len(requests), width), 0, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for row, request in enumerate(requests):
-            ids[row, width - len(request.input_ids) :] = torch.tensor(request.input_ids)
-            mask[row, width - len(request.input_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = BatchCache(policy.model.config.num_hidden_layers)
-        try:
-            logits = self._forward(policy, ids, mask, positions, cache)
-        except Exception as exc:
-            log.exception("prefill failed")
-            self._finish_failed(requests, f"generation failed: {exc}")
+        rows = [row for row in map(self._new_row, requests) if row is not None]
+        if not rows:
             return
-        rows = []
-        for request in requests:
+        try:
+            new, logits = self._prefill_pass(rows)
+        except Exception:
+            log.exception("prefill of %d requests failed", len(rows))
+            if len(rows) == 1:
+                self._fail_rows(rows, "generation failed while reading the prompt")
+                return
+            # One of them may be the cause: give each its own pass, so only it fails.
+            for row in rows:
+                self._prefill([row.request])
+            return
+        for row in rows:
+            row.admitted_at = started
+        metrics.observe_batch("prefill", time.perf_counter() - started, len(rows))
+        self._emit_tokens(new, logits)
+        running = self._batches.get(new.policy)
+        if running is None:
+            if new.rows:
+                self._batches[new.policy] = new
+        elif new.rows:
+            self._batches[new.policy] = _join(running, new)
+
+    def _new_row(self, request: _Request) -> _Row | None:
+        """The request's decoding state; on failure the request alone fails."""
+        try:
             seed = request.params.seed
             if seed is None:
                 seed = random.getrandbits(63)
             chooser = TokenChooser(request.params, seed, torch.tensor(request.input_ids))
-            rows.append(
-                _Row(
-                    request,
-                    chooser,
-                    IncrementalDecoder(policy.tokenizer),
-                    admitted_at=started,
-                    position=len(request.input_ids),
-                )
-            )
-        metrics.observe_batch("prefill", time.perf_counter() - started, len(rows))
-        new = _Batch(policy, rows, cache, mask)
-        self._emit_tokens(new, logits)
-        running = self._batches.get(policy)
-        if running is None:
-            self._batches[policy] = new
-        elif new.rows:
-            self._batches[policy] = _join(running, new)
+            decoder = IncrementalDecoder(request.policy.tokenizer)
+        except Exception as exc:
+            log.warning("request refused while preparing it: %s", exc)
+            request.stream.emit(Failed(f"the request could not be prepared: {exc}"))
+            return None
+        return _Row(
+            request,
+            chooser,
+            decoder,
+            admitted_at=time.perf_counter(),
+            position=len(request.input_ids),
+        )
+
+    def _prefill_pass(self, rows: list[_Row]) -> tuple[_Batch, torch.Tensor]:
+        """The prompts of ``rows`` in one left-padded pass: their batch and last logits."""
+        policy = rows[0].request.policy
+        width = max(len(row.request.input_ids) for row in rows)
+        ids = torch.full((len(rows), width), 0, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            prompt = row.request.input_ids
+            ids[index, width - len(prompt) :] = torch.tensor(prompt)
+            mask[index, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = BatchCache(policy.model.config.num_hidden_layers)
+        logits = self._forward(policy, ids, mask, positions, cache)
+        return _Batch(policy, rows, cache, mask), logits
 
     def _decode(self, batch: _Batch) -> None:
         self._drop_cancelled(batch)
@@ -301,9 +352,11 @@ class Scheduler:
         batch.mask = torch.cat((batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)), 1)
         try:
             logits = self._forward(batch.policy, tokens, batch.mask, positions, batch.cache)
-        except Exception as exc:
+        except Exception:
+            # The rows shared this pass and nothing in it belongs to one of them: they fail
+            # together; the queue and other versions' batches go on.
             log.exception("decode step failed")
-            self._finish_failed([row.request for row in batch.rows], f"generation failed: {exc}")
+            self._fail_rows(batch.rows, "generation failed during decoding")
             self._batches.pop(batch.policy, None)
             return
         metrics.observe_batch("decode", time.perf_counter() - started, len(batch.rows))
@@ -325,25 +378,32 @@ class Scheduler:
         return out.logits[:, -1, :].float().cpu()
 
     def _emit_tokens(self, batch: _Batch, logits: torch.Tensor) -> None:
-        """Choose each row's next token, stream it, and remove the rows that finished."""
+        """Choose each row's next token, stream it, and remove the rows that finished (or
+        failed: a row whose sampling or detokenizing raises fails alone)."""
         keep: list[int] = []
         for index, row in enumerate(batch.rows):
-            token, logprob = row.chooser.choose(logits[index])
-            row.generated += 1
-            row.last_token = token
-            special = row.decoder.is_special(token)
-            text = row.decoder.token_text(token) if special else row.decoder.add(token)
-            reason = self._finish_reason(batch.policy, row, token)
-            finished = None if reason is None else self._finished(row, *reason)
-            row.request.stream.emit(Token(token, text, logprob, special, finished))
-            if finished is None:
+            try:
+                event = self._next_token(batch.policy, row, logits[index])
+            except Exception as exc:
+                log.warning("request failed while choosing its token: %s", exc)
+                self._fail_rows([row], f"generation failed while sampling: {exc}")
+                continue
+            row.request.stream.emit(event)
+            if event.finished is None:
                 keep.append(index)
         if len(keep) < len(batch.rows):
             _keep_rows(batch, keep)
-            with self._lock:
-                self._running -= len(batch.rows) - len(keep)
             batch.rows = [batch.rows[i] for i in keep]
-        metrics.BATCH_SIZE.set(self._running)
+
+    def _next_token(self, policy: LoadedPolicy, row: _Row, logits: torch.Tensor) -> Token:
+        token, logprob = row.chooser.choose(logits)
+        row.generated += 1
+        row.last_token = token
+        special = row.decoder.is_special(token)
+        text = row.decoder.token_text(token) if special else row.decoder.add(token)
+        reason = self._finish_reason(policy, row, token)
+        finished = None if reason is None else self._finished(row, *reason)
+        return Token(token, text, logprob, special, finished)
 
     def _finish_reason(self, policy: LoadedPolicy, row: _Row, token: int):
         if token in policy.eos_token_ids and not row.request.params.ignore_eos:
@@ -376,16 +436,13 @@ class Scheduler:
         if len(keep) == len(batch.rows):
             return
         metrics.CANCELLED.inc(len(batch.rows) - len(keep))
-        with self._lock:
-            self._running -= len(batch.rows) - len(keep)
         _keep_rows(batch, keep)
         batch.rows = [batch.rows[i] for i in keep]
 
-    def _finish_failed(self, requests: list[_Request], message: str) -> None:
-        with self._lock:
-            self._running -= len(requests)
-        for request in requests:
-            request.stream.emit(Failed(message))
+    @staticmethod
+    def _fail_rows(rows: list[_Row], message: str) -> None:
+        for row in rows:
+            row.request.stream.emit(Failed(message))
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -394,7 +451,7 @@ class Scheduler:
         for request in waiting:
             request.stream.emit(Failed(message))
         for batch in list(self._batches.values()):
-            self._finish_failed([row.request for row in batch.rows], message)
+            self._fail_rows(batch.rows, message)
         self._batches.clear()
 
 

@@ -41,6 +41,15 @@ class EngineSettings(ServiceSettings):
     default_max_new_tokens: int = Field(100, gt=0, description="When a request names none.")
     max_best_of: int = Field(4, gt=0, description="Largest TGI best_of / OpenAI n.")
     max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences per request.")
+    max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest HTTP request body, in bytes (413 past it)."
+    )
+    stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Liveness turns red when requests wait or run but the scheduler has made "
+        "no step for this long (longer than the slowest prefill of max_prefill_tokens).",
+    )
     registry_poll_s: float = Field(
         30.0, gt=0, description="How often the registry is checked for a new promoted policy."
     )

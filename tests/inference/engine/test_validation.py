@@ -19,7 +19,11 @@ def engine_overrides():
         ({"top_k": 0}, "`top_k` must be strictly positive"),
         ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive"),
         ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive"),
-        ({"typical_p": 1.5}, "`typical_p` must be > 0.0 and < 1.0"),
+        ({"typical_p": 0.5}, "`typical_p` is not supported by this engine"),
+        ({"seed": 2**64}, "`seed` must be >= 0 and <= 18446744073709551615"),
+        ({"seed": -1}, "`seed` must be >= 0"),
+        ({"watermark": True}, "`watermark` is not supported by this engine"),
+        ({"details": 1}, "details: Input should be a valid boolean"),
         ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
         ({"best_of": 3, "do_sample": True}, "`best_of` must be > 0 and <= 2. Given: 3"),
         ({"best_of": 2, "do_sample": True, "seed": 1}, "`seed` must not be set"),
@@ -36,6 +40,18 @@ def test_bad_parameters_are_refused_as_tgi_does(engine, parameters, message):
     body = response.json()
     assert body["error_type"] == "validation"
     assert message in body["error"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_non_finite_numbers_are_refused(engine, value):
+    # Python's JSON parser reads all four; a sampler fed them used to poison the batch.
+    for parameter in ("temperature", "top_p", "repetition_penalty"):
+        body = f'{{"inputs": "Hi", "parameters": {{"{parameter}": {value}}}}}'
+        response = engine.http.post(
+            "/generate", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, (parameter, value, response.text)
+        assert response.json()["error_type"] == "validation"
 
 
 def test_inputs_too_long_or_empty(engine):
