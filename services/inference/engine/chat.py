@@ -15,17 +15,17 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.common.aio import merge
+from services.common.chat_contract import MAX_SEED, ChatRole, candidate_seed, seeds_fit
 from services.inference.engine import metrics
 from services.inference.engine.params import STRICT, ValidationFailed
 from services.inference.engine.runner import GenerationError, Prepared, Runner
-from services.inference.engine.sampling import MAX_SEED, SamplingParams
+from services.inference.engine.sampling import SamplingParams
 from services.inference.engine.scheduler import Token
 from services.rlhf.tokenization import encode_prompt
 
@@ -35,7 +35,7 @@ FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "lengt
 class ChatMessage(BaseModel):
     model_config = STRICT
 
-    role: Literal["system", "user", "assistant"]
+    role: ChatRole
     content: str
 
 
@@ -69,8 +69,7 @@ def sampling_for(body: ChatRequest, runner: Runner) -> SamplingParams:
     settings = runner.settings
     if body.n > settings.max_best_of:
         raise ValidationFailed(f"`n` must be <= {settings.max_best_of}. Given: {body.n}")
-    if body.seed is not None and body.seed + body.n - 1 > MAX_SEED:
-        # The n answers use seeds seed, seed + 1, ... (see _candidates).
+    if not seeds_fit(body.seed, body.n):
         raise ValidationFailed(f"`seed` + `n` - 1 must be <= {MAX_SEED}")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > settings.max_stop_sequences:
@@ -205,13 +204,13 @@ def _stream(runner: Runner, prepared: Prepared, body: ChatRequest, completion_id
 
 
 def _candidates(prepared: Prepared, n: int) -> list[Prepared]:
-    """``n`` requests for the ``n`` answers; a fixed seed becomes seed + index so that they
-    differ (and each stays reproducible)."""
+    """``n`` requests for the ``n`` answers, each with its candidate seed."""
     seed = prepared.params.seed
     if seed is None or n == 1:
         return [prepared] * n
     return [
-        replace(prepared, params=replace(prepared.params, seed=seed + index)) for index in range(n)
+        replace(prepared, params=replace(prepared.params, seed=candidate_seed(seed, index)))
+        for index in range(n)
     ]
 
 

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.inference.engine.sampling import MAX_SEED, SamplingParams
+from services.common.chat_contract import MAX_SEED
+from services.inference.engine.sampling import SamplingParams
 
 
 class ValidationFailed(ValueError):

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-MAX_SEED = 2**64 - 1  # a torch.Generator takes seeds in [0, 2^64); TGI's seed is a u64
-
 
 @dataclass(frozen=True)
 class SamplingParams:

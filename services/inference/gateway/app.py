@@ -4,26 +4,50 @@ Routes: ``POST /v1/chat/completions`` (services/inference/gateway/chat.py), ``GE
 /v1/models``, ``GET /healthz`` (alive), ``GET /readyz`` (the engine answers), ``GET
 /metrics``. Errors are ``{"error": {"message", "type", "param", "code"}}`` as OpenAI
 sends them, so its clients raise their usual exceptions: 400 invalid request, 401 bad
-key, 413 body too large, 429 rate limited (with ``Retry-After``), 502/503 engine trouble.
+key, 404/405 unknown route or method, 413 body too large (declared or chunked), 429 rate
+limited (with ``Retry-After``), 500 a bug (logged, never a stack trace), 502/503 engine
+trouble. A request is authenticated, then validated, then charged to the key's rate limit:
+one that can never succeed costs nothing.
 """
 
 from __future__ import annotations
+
+import logging
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
 from services.inference.gateway import chat
-from services.inference.gateway.api_keys import ApiKeyStore, bearer_token
+from services.inference.gateway.api_keys import ApiKeyStore, KeyRecord, bearer_token
 from services.inference.gateway.engine_client import EngineFailed
+from services.inference.gateway.http_metrics import RequestMetrics
 from services.inference.gateway.rate_limit import (
     RateLimiter,
     RateLimitPolicy,
     retry_after_header,
 )
 from services.inference.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: OpenAIError
 
 
 def openai_error(
@@ -38,43 +62,27 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class BodyLimit:
-    """Refuses bodies over ``limit`` bytes with 413 before anything parses them."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = openai_error(
-                413, f"request body over {self.limit} bytes", "invalid_request_error"
-            )
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            response = openai_error(
-                413, f"request body over {self.limit} bytes", "invalid_request_error"
-            )
-            await response(scope, receive, send)
+def _documented(*statuses: int) -> dict:
+    return {
+        status: {"model": ErrorBody, "description": _STATUS_TEXT[status]} for status in statuses
+    }
 
 
-class _TooLarge(Exception):
-    pass
+_STATUS_TEXT = {
+    400: "Invalid request (also a body that is not JSON or not UTF-8).",
+    401: "Missing or unknown API key.",
+    413: "Body too large.",
+    429: "Rate limit reached for the key (see Retry-After).",
+    502: "The engine failed.",
+    503: "The engine is not ready, overloaded or unreachable (see Retry-After).",
+}
+
+
+class _Refusal(Exception):
+    """An error answer decided before the route's work (authentication, rate limit)."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
 
 
 def create_app(
@@ -85,7 +93,12 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title="Flywheel API", version="1")
     add_metrics_route(app)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    def too_large(limit: int) -> JSONResponse:
+        return openai_error(413, f"request body over {limit} bytes", "invalid_request_error")
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, refuse=too_large)
+    app.add_middleware(RequestMetrics)
     probe = httpx.AsyncClient(base_url=settings.engine_url, timeout=2.0)
 
     @app.exception_handler(RequestValidationError)
@@ -104,41 +117,77 @@ def create_app(
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return openai_error(exc.status, exc.message, kind, exc.code, headers=headers)
 
-    async def authorize(request: Request, cost: int):
-        """The caller's key record, or the error response to send."""
+    @app.exception_handler(_Refusal)
+    async def refusal(request: Request, exc: _Refusal):
+        return exc.response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Unknown routes, wrong methods, bodies FastAPI could not read as JSON (or UTF-8).
+        if exc.status_code == 400:
+            message = "We could not parse the JSON body of your request (it must be UTF-8 JSON)."
+            return openai_error(400, message, "invalid_request_error")
+        if exc.status_code in (404, 405):
+            message = f"Invalid URL ({request.method} {request.url.path})"
+            if exc.status_code == 405:
+                message = f"Method {request.method} not allowed for {request.url.path}"
+            return openai_error(exc.status_code, message, "invalid_request_error")
+        return openai_error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error answering %s", request.url.path)
+        return openai_error(500, "The server had an error processing your request.", "server_error")
+
+    def authenticate(request: Request) -> KeyRecord:
         record = keys.authenticate(bearer_token(request.headers.get("authorization")))
         if record is None:
-            return None, openai_error(
-                401,
-                "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                "invalid_request_error",
-                "invalid_api_key",
+            raise _Refusal(
+                openai_error(
+                    401,
+                    "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
             )
+        return record
+
+    async def charge(record: KeyRecord, cost: int) -> None:
+        """Spend ``cost`` from the key's budget: only for requests that passed validation."""
         decision = await limiter.check(record.id, RateLimitPolicy.for_key(settings, record), cost)
         if not decision.allowed:
-            return None, openai_error(
-                429,
-                f"Rate limit reached for this key; retry in {retry_after_header(decision)} s.",
-                "requests",
-                "rate_limit_exceeded",
-                headers={"Retry-After": retry_after_header(decision)},
+            raise _Refusal(
+                openai_error(
+                    429,
+                    f"Rate limit reached for this key; retry in {retry_after_header(decision)} s.",
+                    "requests",
+                    "rate_limit_exceeded",
+                    headers={"Retry-After": retry_after_header(decision)},
+                )
             )
-        return record, None
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        responses={
+            200: {
+                "description": "A completion; with `stream: true`, server-sent events of chunks "
+                "ending with `data: [DONE]`.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_documented(400, 401, 413, 429, 502, 503),
+        },
+    )
     async def chat_completions(body: chat.ChatBody, request: Request):
-        record, refusal = await authorize(request, cost=max(body.n, body.best_of or 1))
-        if refusal is not None:
-            return refusal
+        record = authenticate(request)
+        sampling = chat.check(body, deps)  # before charging: a hopeless request costs nothing
+        await charge(record, cost=max(body.n, body.best_of or 1))
         if body.stream:
-            return chat.stream(body, record, deps)
-        return JSONResponse(await chat.complete(body, record, deps))
+            return chat.stream(body, sampling, record, deps)
+        return JSONResponse(await chat.complete(body, sampling, record, deps))
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_documented(401, 429))
     async def models(request: Request):
-        record, refusal = await authorize(request, cost=1)
-        if refusal is not None:
-            return refusal
+        await charge(authenticate(request), cost=1)
         return {
             "object": "list",
             "data": [{"id": "policy", "object": "model", "created": 0, "owned_by": "flywheel"}],
@@ -148,7 +197,7 @@ def create_app(
     async def healthz():
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "The engine is not ready."}})
     async def readyz():
         try:
             engine = await probe.get("/health")

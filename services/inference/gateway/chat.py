@@ -17,12 +17,13 @@ import json
 import time
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.aio import merge
+from services.common.chat_contract import MAX_SEED, ChatRole, candidate_seed, seeds_fit
 from services.common.credentials import new_feedback_token
 from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.engine_client import (
@@ -31,6 +32,7 @@ from services.inference.gateway.engine_client import (
     EngineFailed,
     Sampling,
 )
+from services.inference.gateway.http_metrics import TIME_TO_FIRST_TOKEN
 from services.inference.gateway.records import (
     interactions,
     new_conversation_id,
@@ -40,26 +42,34 @@ from services.inference.gateway.records import (
 from services.inference.gateway.reward_client import RewardClient, RewardUnavailable
 from services.inference.gateway.spool import InteractionSpool
 
-ROLES = ("system", "user", "assistant")
+# Strict types: "2" for n or "yes" for stream is a client's mistake to report, not guess at;
+# NaN and infinities (which Python's JSON parser reads) are refused too.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class Message(BaseModel):
-    role: str
+    model_config = _STRICT
+
+    role: ChatRole
     content: str
 
 
 class ChatBody(BaseModel):
+    model_config = _STRICT
+
     model: str | None = None
-    messages: list[Message]
+    messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, description="Candidates to generate (at most the gateway's max_n).")
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
-    best_of: int | None = Field(None, ge=1, description="Flywheel extension: rerank with the RM")
+    best_of: int | None = Field(
+        None, ge=1, description="Flywheel extension: sample this many, return the RM's best"
+    )
     conversation_id: str | None = Field(None, max_length=200)
     user: str | None = None
 
@@ -80,15 +90,10 @@ class ChatDeps:
 
 
 def check(body: ChatBody, deps: ChatDeps) -> Sampling:
-    if not body.messages:
-        raise InvalidRequest("messages must not be empty", "messages")
+    """The sampling of a request that can succeed; InvalidRequest otherwise (the rules that
+    depend on settings or on several fields; each field's own range is in ChatBody)."""
     if len(body.messages) > deps.max_messages:
         raise InvalidRequest(f"at most {deps.max_messages} messages per request", "messages")
-    for index, message in enumerate(body.messages):
-        if message.role not in ROLES:
-            raise InvalidRequest(
-                f"role must be one of {', '.join(ROLES)}", f"messages[{index}].role"
-            )
     if body.n > deps.max_n:
         raise InvalidRequest(f"n must be at most {deps.max_n}", "n")
     if body.best_of is not None and body.best_of > 1:
@@ -98,6 +103,10 @@ def check(body: ChatBody, deps: ChatDeps) -> Sampling:
             raise InvalidRequest("best_of returns one answer: use it with n = 1", "best_of")
         if body.best_of > deps.max_n:
             raise InvalidRequest(f"best_of must be at most {deps.max_n}", "best_of")
+    if not seeds_fit(body.seed, max(body.n, body.best_of or 1)):
+        raise InvalidRequest(
+            f"seed + candidates - 1 must be at most {MAX_SEED} (candidate i uses seed + i)", "seed"
+        )
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     return Sampling(
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -109,20 +118,13 @@ def check(body: ChatBody, deps: ChatDeps) -> Sampling:
 
 
 def candidate_sampling(sampling: Sampling, index: int) -> Sampling:
-    """Candidates of one request must differ: a fixed seed becomes seed + index."""
+    """Candidates of one request must differ: each gets its candidate seed."""
     if sampling.seed is None or index == 0:
         return sampling
-    return Sampling(
-        sampling.max_tokens,
-        sampling.temperature,
-        sampling.top_p,
-        sampling.seed + index,
-        sampling.stop,
-    )
+    return replace(sampling, seed=candidate_seed(sampling.seed, index))
 
 
-async def complete(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> dict:
-    sampling = check(body, deps)
+async def complete(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -> dict:
     messages = [m.model_dump() for m in body.messages]
     count = body.best_of if body.best_of and body.best_of > 1 else body.n
     candidates: list[Completion] = await asyncio.gather(
@@ -222,8 +224,7 @@ class _Group:
         return meta
 
 
-def stream(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
-    sampling = check(body, deps)
+def stream(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
     messages = [m.model_dump() for m in body.messages]
     group = _Group(body, key, messages, sampling)
 
@@ -236,8 +237,11 @@ def stream(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
         }
         return "data: " + json.dumps({**base, **payload}, separators=(",", ":")) + "\n\n"
 
+    started = time.perf_counter()
+
     async def events():
         texts, versions = [""] * body.n, [""] * body.n
+        first_token = True
         prompt_tokens, completion_tokens = 0, 0
         candidates = [
             deps.engine.stream(messages, candidate_sampling(sampling, i)) for i in range(body.n)
@@ -252,6 +256,9 @@ def stream(body: ChatBody, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
                         prompt_tokens = item.prompt_tokens or prompt_tokens
                         continue
                     texts[index] += item.text
+                    if first_token and item.text:
+                        TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - started)
+                        first_token = False
                     delta = {"content": item.text} if item.text else {}
                     choice = {"index": index, "delta": delta, "logprobs": None}
                     choice["finish_reason"] = item.finish_reason

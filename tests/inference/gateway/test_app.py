@@ -3,116 +3,16 @@ in front of the real engine, reward and feedback services."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import httpx
 import openai
 import pytest
-from transformers import AutoTokenizer
 
-from services.common.registry import ModelRegistry
-from services.inference.engine.server import EngineServer
 from services.inference.gateway.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
-from services.inference.gateway.settings import GatewaySettings
-from services.reward.server import RewardServer
-from services.reward.settings import RewardSettings
-from services.rlhf.heads import ScalarHeadModel
+from tests.inference.gateway.conftest import gateway_settings
 from tests.inference.gateway.gateway_helpers import free_port, wait_for
-from tests.inference.inference_helpers import engine_settings
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
-
-
-@dataclass
-class Stack:
-    gateway: GatewayServer
-    settings: GatewaySettings
-    key: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway.http.port}"
-
-    def client(self, key: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0)
-
-
-def add_reward_model(registry: ModelRegistry, tiny_model_dir) -> None:
-    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-
-    def write(folder):
-        rm.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    registry.promote("reward", registry.create_version("reward", write).version)
-
-
-@pytest.fixture
-def engine_server(policy_store, gateway_redis_url) -> Iterator[EngineServer]:
-    server = EngineServer(engine_settings(policy_store, gateway_redis_url))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def reward_target(policy_store, tiny_model_dir, gateway_redis_url) -> Iterator[str]:
-    add_reward_model(policy_store, tiny_model_dir)
-    server = RewardServer(
-        RewardSettings(
-            FLYWHEEL_MODEL_STORE=policy_store.root,
-            FLYWHEEL_REDIS_URL=gateway_redis_url,
-            grpc_port=0,
-            device="cpu",
-            drain_timeout_s=1,
-        )
-    )
-    port = server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop()
-
-
-def gateway_settings(tmp_path, redis_url, engine_port, feedback, reward, **overrides):
-    return GatewaySettings(
-        FLYWHEEL_DATA_DIR=tmp_path / "gateway",
-        FLYWHEEL_REDIS_URL=redis_url,
-        http_port=0,
-        engine_url=f"http://127.0.0.1:{engine_port}",
-        feedback_grpc_target=feedback,
-        reward_grpc_target=reward,
-        recorder_retry_initial_s=0.1,
-        recorder_retry_max_s=0.5,
-        drain_timeout_s=2,
-        **overrides,
-    )
-
-
-@pytest.fixture
-def gateway_overrides() -> dict:
-    return {}
-
-
-@pytest.fixture
-def stack(
-    tmp_path, gateway_redis_url, engine_server, feedback, reward_target, gateway_overrides
-) -> Iterator[Stack]:
-    settings = gateway_settings(
-        tmp_path,
-        gateway_redis_url,
-        engine_server.http.port,
-        feedback.target,
-        reward_target,
-        **gateway_overrides,
-    )
-    settings.resolved_api_keys_file.parent.mkdir(parents=True, exist_ok=True)
-    key = ApiKeyStore(settings.resolved_api_keys_file).ensure_dev_key(tmp_path / "dev-api-key")
-    gateway = GatewayServer(settings)
-    gateway.start()
-    yield Stack(gateway, settings, key)
-    gateway.stop()
 
 
 def test_chat_is_answered_and_recorded_with_the_feedback_service(stack, feedback):
