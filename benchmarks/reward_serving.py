@@ -31,13 +31,13 @@ from services.common.openmp import keep_workers_spinning
 
 keep_workers_spinning()  # as `python -m services.reward` does; before torch is imported
 
-import grpc
 import torch
 from transformers import AutoTokenizer
 
 from services.common.base_model import init_policy_v0
 from services.common.generated.flywheel.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.common.registry import ModelRegistry
+from services.common.service_auth import service_channel
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from services.rlhf.heads import ScalarHeadModel
@@ -129,7 +129,7 @@ def reward_service(registry: ModelRegistry, precision: str):
     )
     server = RewardServer(settings)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = service_channel(f"127.0.0.1:{port}", settings.resolved_service_token())
     try:
         yield reward_pb2_grpc.RewardServiceStub(channel)
     finally:

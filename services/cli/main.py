@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import models, stack
+from services.cli import keys, models, stack
 from services.common.logging_setup import configure_logging
 from services.common.registry import RegistryError
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     models.add_parser(subparsers)
+    keys.add_parser(subparsers)
     stack.add_parsers(subparsers)
     return parser
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             return models.run(args)
+        if args.command == "keys":
+            return keys.run(args)
         return stack.run(args)
     except (RegistryError, stack.StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -166,6 +166,7 @@ def up(stack: Stack, only: list[str], timeout_s: float | None) -> int:
             ensure_policy(stack)
         states[REDIS] = ensure_redis(stack)
         key = ensure_dev_key(stack)  # before the gateway starts, so it finds the key at once
+        stack.settings.resolved_service_token()  # made once here, before the services race
         launched: dict[str, Launched] = {}
         for name in selected:
             spec = stack.services[name]
@@ -351,7 +352,7 @@ def _port_taken(port: int) -> bool:
 
 def ensure_dev_key(stack: Stack) -> str:
     """The development API key: made on the first `up`, the same one on every later one."""
-    from services.inference.gateway.api_keys import ApiKeyStore
+    from services.common.api_keys import ApiKeyStore
     from services.inference.gateway.settings import GatewaySettings
 
     gateway = GatewaySettings(data_dir=stack.data_dir)

@@ -22,6 +22,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.generated.flywheel.v1 import admin_pb2, admin_pb2_grpc
 from services.common.registry import ModelRegistry
+from services.common.service_auth import service_channel
 from services.common.settings import ServiceSettings
 from services.feedback.settings import FeedbackSettings
 from services.inference.engine.settings import EngineSettings
@@ -94,10 +95,10 @@ def grpc_health(target: str) -> int | None:
     return reply.status
 
 
-def grpc_current_version(target: str) -> str | None:
+def grpc_current_version(target: str, service_token: str) -> str | None:
     """ModelAdmin.CurrentVersion: the version serving ("" if none is loaded), None if no
     answer."""
-    with grpc.insecure_channel(target) as channel:
+    with service_channel(target, service_token) as channel:
         try:
             reply = admin_pb2_grpc.ModelAdminStub(channel).CurrentVersion(
                 admin_pb2.CurrentVersionRequest(), timeout=_PROBE_TIMEOUT_S
@@ -162,7 +163,7 @@ def _reward(settings: RewardSettings) -> ServiceSpec:
         address=f"{target} (metrics {settings.metrics_port})",
         drain_timeout_s=settings.drain_timeout_s,
         readiness=readiness,
-        version=lambda: grpc_current_version(target) or None,
+        version=lambda: grpc_current_version(target, settings.resolved_service_token()) or None,
     )
 
 

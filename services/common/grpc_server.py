@@ -2,7 +2,9 @@
 
 Typical use::
 
-    server = GrpcServer(port=settings.grpc_port, max_workers=8)
+    server = GrpcServer(
+        settings.grpc_host, settings.grpc_port, service_token=settings.resolved_service_token()
+    )
     server.add(add_RewardServicer_to_server, RewardServicer(scorer), "flywheel.v1.Reward")
     server.start()
     scorer.load_weights()        # alive (health answers) but not ready until this is done
@@ -26,6 +28,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from services.common.service_auth import RequireServiceToken
 
 log = logging.getLogger("flywheel.grpc")
 
@@ -59,19 +63,26 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GrpcServer:
-    """A sync ``grpc.server`` with health, reflection, channel defaults and signal-driven drain."""
+    """A sync ``grpc.server`` with health, reflection, channel defaults and signal-driven drain.
+
+    Every call but health checks must present ``service_token`` (services/common/service_auth).
+    ``host`` is where it listens: loopback by default; a pod listens on all interfaces.
+    """
 
     def __init__(
         self,
-        host: str = "[::]",
+        host: str = "127.0.0.1",
         port: int = 0,
         *,
+        service_token: str,
         max_workers: int = 10,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc")
         self._server = grpc.server(
-            self._executor, options=list({**DEFAULT_OPTIONS, **dict(options)}.items())
+            self._executor,
+            interceptors=[RequireServiceToken(service_token)],
+            options=list({**DEFAULT_OPTIONS, **dict(options)}.items()),
         )
         self._address = f"{host}:{port}"
         self._port = 0  # 0 until started

@@ -50,7 +50,7 @@ def set_build_info(service: str, **extra: str) -> None:
     )
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` from a background thread, for processes without an HTTP app."""
     start_http_server(port, addr=addr)
 

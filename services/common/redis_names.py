@@ -34,3 +34,8 @@ def feedback_delivered_key(event_id: str) -> str:
     """Set (with a TTL) when a feedback event has been added to FEEDBACK_EVENTS_STREAM, in the
     same atomic script as the XADD, so a relay that retries after a crash cannot add it twice."""
     return f"{PREFIX}:feedback:delivered:{event_id}"
+
+
+REVOKED_API_KEYS = f"{PREFIX}:apikeys:revoked"
+"""Set of revoked API key ids: the gateway publishes its key file's tombstones here and the
+feedback service refuses those keys (and their groups' feedback tokens)."""

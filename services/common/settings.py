@@ -13,8 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.service_auth import resolve_service_token
 
 LogFormat = Literal["json", "text"]
 
@@ -49,10 +51,29 @@ class ServiceSettings(BaseSettings):
         description="'json' (one object a line, for log shippers) or 'text' (for people).",
     )
 
+    service_token: SecretStr | None = Field(
+        None,
+        validation_alias="FLYWHEEL_SERVICE_TOKEN",
+        description="The service credential internal gRPC calls present and servers check "
+        "(services/common/service_auth.py). Unset: read from service_token_file.",
+    )
+    service_token_file: Path | None = Field(
+        None,
+        validation_alias="FLYWHEEL_SERVICE_TOKEN_FILE",
+        description="File holding the service credential; defaults to <data_dir>/service-token, "
+        "created (0600) with a random token if missing.",
+    )
+
     # No alias: read under each service's own prefix (FLYWHEEL_FEEDBACK_DRAIN_TIMEOUT_S, ...).
     drain_timeout_s: float = Field(
         10.0, ge=0, description="Grace period on SIGTERM for requests in flight."
     )
+
+    def resolved_service_token(self) -> str:
+        """The service credential (reads or creates the token file; see service_auth)."""
+        value = self.service_token.get_secret_value() if self.service_token else None
+        path = self.service_token_file or self.data_dir / "service-token"
+        return resolve_service_token(value, path)
 
     @property
     def model_store_dir(self) -> Path:

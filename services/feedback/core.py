@@ -15,6 +15,7 @@ import redis
 import sqlalchemy as sa
 
 from services.common.credentials import token_matches
+from services.common.revocations import RevokedKeys
 from services.feedback import metrics
 from services.feedback.errors import Refused
 from services.feedback.relay import OutboxRelay
@@ -41,6 +42,8 @@ class FeedbackCore:
                 "run `python -m services.feedback migrate`"
             )
         self.ttl = timedelta(seconds=settings.feedback_ttl_s)
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.revoked = RevokedKeys(self.redis, settings.revocation_refresh_s)
         self._cache = ServedCache()
         self._write_engine = database.make_engine(url, writer=True)
         self.writer = StoreWriter(
@@ -50,7 +53,7 @@ class FeedbackCore:
         self.relay = OutboxRelay(
             self.read_engine,
             lambda ids: self.writer.call(lambda conn, _now: outbox.remove(conn, ids)),
-            redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+            self.redis,
             batch_size=settings.outbox_batch,
             gather_s=settings.outbox_gather_s,
             stream_maxlen=settings.stream_maxlen,
@@ -61,11 +64,13 @@ class FeedbackCore:
         self.relay.wake()
 
     def start(self) -> None:
+        self.revoked.start()
         self.writer.start()
         self.relay.start()
         self.checkpointer.start()
 
     def stop(self) -> None:
+        self.revoked.stop()
         self.relay.stop()
         self.writer.stop()
         self.checkpointer.stop()
@@ -78,7 +83,7 @@ class FeedbackCore:
         try:
             accepted = await self.writer.run(
                 lambda conn, now: feedback.apply(
-                    conn, command, now=now, ttl=self.ttl, cache=self._cache
+                    conn, command, now=now, ttl=self.ttl, cache=self._cache, revoked=self.revoked
                 )
             )
         except Refused as refused:
@@ -99,7 +104,12 @@ class FeedbackCore:
         """Reading an answer or a vote needs the same credential as rating it."""
         if credential.api_key_id is not None:
             if credential.api_key_id != api_key_id:
-                raise Refused(403, "not_yours", "this belongs to another API key")
+                raise Refused(
+                    403,
+                    "not_your_response",
+                    "this belongs to another API key; only the key "
+                    "that received an answer (or its feedback token) may read it",
+                )
         elif credential.feedback_token is not None:
             if not any(token_matches(credential.feedback_token, h) for h in token_hashes):
                 raise Refused(403, "invalid_feedback_token", "the feedback token does not match")
@@ -110,6 +120,7 @@ class FeedbackCore:
                 "send the API key (Authorization: Bearer ...) or the feedback token "
                 "(X-Feedback-Token)",
             )
+        feedback.check_not_revoked(api_key_id, self.revoked)
 
     def get_interaction(self, response_id: str, credential: Credential | None) -> dict[str, Any]:
         """One stored answer; ``credential=None`` for trusted callers (gRPC, in-cluster)."""

@@ -30,7 +30,12 @@ class FeedbackServer:
     def __init__(self, settings: FeedbackSettings, redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.core = FeedbackCore(settings, redis_client)
-        self._grpc = GrpcServer(port=settings.grpc_port, max_workers=16)
+        self._grpc = GrpcServer(
+            settings.grpc_host,
+            settings.grpc_port,
+            service_token=settings.resolved_service_token(),
+            max_workers=16,
+        )
         self._grpc.add(
             feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
             FeedbackServicer(self.core),

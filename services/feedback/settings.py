@@ -21,9 +21,16 @@ class FeedbackSettings(ServiceSettings):
         description="Bring the schema up to date at start. Turn off when a Helm hook (or an "
         "operator) runs `python -m services.feedback migrate` before the pods start.",
     )
-    http_host: str = "0.0.0.0"
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP API listens on: loopback locally; 0.0.0.0 in a pod.",
+    )
     http_port: int = Field(8001, description="HTTP API for clients (and /metrics).")
-    grpc_port: int = Field(50051, description="gRPC API for other services.")
+    grpc_host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC API listens on: loopback locally; 0.0.0.0 in a pod.",
+    )
+    grpc_port: int = Field(50051, description="gRPC API for other services (service credential).")
     feedback_ttl_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long after serving an answer it may be rated."
     )
@@ -34,6 +41,12 @@ class FeedbackSettings(ServiceSettings):
         default_factory=list,
         description="Browser origins allowed to call the HTTP API (the chat page rates answers "
         'with the feedback token), e.g. ["http://localhost:8000"]. Empty: no CORS headers.',
+    )
+    revocation_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the revoked API keys are re-read from Redis: a revoked key "
+        "(and its feedback tokens) is refused within this long of its revocation.",
     )
     export_page_size: int = Field(256, gt=0, description="Default comparison groups per page.")
     export_max_page_size: int = Field(2048, gt=0, description="Cap on a requested page size.")

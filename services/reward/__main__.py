@@ -16,7 +16,7 @@ def main() -> int:
     settings = RewardSettings()
     configure_logging("reward", settings.log_level, settings.log_format)
     set_build_info("reward")
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.metrics_host)
     server = RewardServer(settings)
     server.start()
     server.grpc.serve_forever(settings.drain_timeout_s)  # returns after SIGTERM and a drain

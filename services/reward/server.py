@@ -42,7 +42,12 @@ class RewardServer:
             settings.redis_url,
             poll_s=settings.registry_poll_s,
         )
-        self.grpc = GrpcServer(port=settings.grpc_port, max_workers=64)
+        self.grpc = GrpcServer(
+            settings.grpc_host,
+            settings.grpc_port,
+            service_token=settings.resolved_service_token(),
+            max_workers=64,
+        )
         self.grpc.add(
             reward_pb2_grpc.add_RewardServiceServicer_to_server,
             RewardServicer(self.scorer),

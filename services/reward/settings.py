@@ -13,7 +13,14 @@ from services.common.settings import ServiceSettings
 class RewardSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_REWARD_", extra="ignore")
 
-    grpc_port: int = Field(50052, description="RewardService and ModelAdmin.")
+    grpc_host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC API listens on: loopback locally; 0.0.0.0 in a pod.",
+    )
+    grpc_port: int = Field(50052, description="RewardService and ModelAdmin (service credential).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address /metrics listens on: loopback locally; 0.0.0.0 in a pod."
+    )
     metrics_port: int = Field(9052, description="Prometheus /metrics.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from services.common.grpc_server import GrpcServer
+from tests.conftest import SERVICE_TOKEN, internal_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "test.Slow"
@@ -50,7 +51,7 @@ def slow_service(announce: bool = False) -> grpc.ServiceRpcHandler:
 
 
 def call_sleep(port: int, seconds: float) -> bytes:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with internal_channel(f"127.0.0.1:{port}") as channel:
         return channel.unary_unary(f"/{SERVICE}/Sleep")(str(seconds).encode(), timeout=30)
 
 
@@ -62,7 +63,7 @@ def health_status(port: int, service: str = "") -> int:
 
 @pytest.fixture
 def server() -> Iterator[GrpcServer]:
-    server = GrpcServer("127.0.0.1", 0, max_workers=4)
+    server = GrpcServer("127.0.0.1", 0, service_token=SERVICE_TOKEN, max_workers=4)
     server.add_generic_handler(slow_service())
     server.start()
     yield server
@@ -86,7 +87,7 @@ def test_health_follows_set_serving(server: GrpcServer) -> None:
 
 @pytest.mark.timeout(30)
 def test_reflection_lists_services(server: GrpcServer) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    with internal_channel(f"127.0.0.1:{server.port}") as channel:
         names = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {SERVICE, "grpc.health.v1.Health"} <= names
     assert "grpc.reflection.v1alpha.ServerReflection" in names
@@ -98,7 +99,7 @@ def test_add_after_start_and_port_clash_fail(server: GrpcServer) -> None:
         server.add_generic_handler(slow_service())
     # SO_REUSEPORT is off, so a second server on the same port must not start silently.
     with pytest.raises(RuntimeError):
-        GrpcServer("127.0.0.1", server.port).start()
+        GrpcServer("127.0.0.1", server.port, service_token=SERVICE_TOKEN).start()
     assert call_sleep(server.port, 0) == b"slept"
 
 
@@ -179,7 +180,9 @@ def test_drain_timeout_cancels_long_calls() -> None:
 
 if __name__ == "__main__":  # the subprocess side of the drain tests
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    grpc_server = GrpcServer("127.0.0.1", 0, max_workers=4)
+    grpc_server = GrpcServer(
+        "127.0.0.1", 0, service_token=os.environ["FLYWHEEL_SERVICE_TOKEN"], max_workers=4
+    )
     grpc_server.add_generic_handler(slow_service(announce=True))
     port = grpc_server.start()
     grpc_server.set_serving(True)

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
 import httpx
 import psycopg
 import pytest
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.feedback.server import FeedbackServer
 from services.feedback.settings import FeedbackSettings
+from tests.conftest import internal_channel
 
 TEST_POSTGRES_URL = os.environ.get(
     "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"
@@ -97,7 +97,7 @@ def feedback(service_settings) -> Iterator[RunningService]:
     """The feedback service (HTTP + gRPC + writer + outbox relay) on loopback ports."""
     server = FeedbackServer(service_settings)
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    channel = internal_channel(f"127.0.0.1:{server.grpc_port}")
     http = httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10)
     client = redis.Redis.from_url(service_settings.redis_url, decode_responses=True)
     try:

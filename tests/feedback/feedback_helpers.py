@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.credentials import api_key_id, new_api_key, new_feedback_token
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
+from tests.conftest import internal_channel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +133,7 @@ class ServiceProcess:
         raise RuntimeError(f"feedback service not ready in {timeout} s; see {self.log_path}")
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        return internal_channel(f"127.0.0.1:{self.grpc_port}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

@@ -241,7 +241,13 @@ def test_schema_errors_name_the_field(feedback):
             {"kind": "pairwise", "response_a": "x", "response_b": "x", "outcome": "a"},
             "body.pairwise",
         ),
-        ({"kind": "ranking", "ranking": [["x"], []]}, "body.ranking"),
+        ({"kind": "ranking", "ranking": [["x"], []]}, "body.ranking.ranking.1"),
+        ({"kind": "ranking", "ranking": [["x"]]}, "body.ranking"),
+        (
+            {"kind": "thumb", "response_id": group.response_ids[0], "value": True},
+            "body.thumb.value",
+        ),
+        ({"kind": "thumb", "response_id": group.response_ids[0], "value": "1"}, "body.thumb.value"),
         (
             {"kind": "thumb", "response_id": group.response_ids[0], "value": 1, "extra": 1},
             "body.thumb.extra",

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.credentials import api_key_id
-from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2
+from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.common.grpc_errors import field_violations
+from services.common.service_auth import service_channel
 from services.feedback.store.tables import export_snapshots
 from tests.feedback.feedback_helpers import serve_group
 
@@ -172,3 +174,35 @@ def test_stats_count_pending_comparisons_since_a_time(feedback):
     assert since.interactions == 5
     assert (since.feedback_events.ranking, since.feedback_events.thumbs) == (2, 1)
     assert [(t.model_version, t.thumbs_up) for t in since.thumbs] == [("v10", 1)]
+
+
+def test_every_internal_call_without_the_service_credential_is_refused(feedback):
+    group = serve_group(feedback.stub, n=2)
+    _rank_all(feedback, group, [0, 1])
+    pending = feedback.stub.Stats(feedback_pb2.StatsRequest()).comparisons_pending
+    assert pending == 1
+    target = f"127.0.0.1:{feedback.server.grpc_port}"
+    for channel in (grpc.insecure_channel(target), service_channel(target, "fws_guess")):
+        with channel:
+            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+            calls = {
+                "RecordInteraction": lambda s=stub: s.RecordInteraction(
+                    feedback_pb2.RecordInteractionRequest(interaction=interaction()), timeout=5
+                ),
+                "GetInteraction": lambda s=stub: s.GetInteraction(
+                    feedback_pb2.GetInteractionRequest(response_id=group.response_ids[0]),
+                    timeout=5,
+                ),
+                "ExportComparisons": lambda s=stub: list(
+                    s.ExportComparisons(feedback_pb2.ExportComparisonsRequest(), timeout=5)
+                ),
+                "Stats": lambda s=stub: s.Stats(feedback_pb2.StatsRequest(), timeout=5),
+            }
+            for name, call in calls.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    # The refused export recorded no snapshot: the comparisons are still pending.
+    assert feedback.stub.Stats(feedback_pb2.StatsRequest()).comparisons_pending == pending

@@ -20,6 +20,7 @@ from services.common.generated.flywheel.v1 import (
 from services.common.grpc_errors import field_violations
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
+from tests.conftest import internal_channel
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def server(reward_store, redis_url):
     )
     server = RewardServer(settings)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = internal_channel(f"127.0.0.1:{port}")
     yield server, channel
     channel.close()
     server.stop()
@@ -164,7 +165,7 @@ def test_without_a_promoted_rm_it_waits_not_serving_then_follows_the_first_promo
     )
     server = RewardServer(settings)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = internal_channel(f"127.0.0.1:{port}")
     try:
         health = health_pb2_grpc.HealthStub(channel)
         admin = admin_pb2_grpc.ModelAdminStub(channel)
@@ -188,3 +189,23 @@ def test_without_a_promoted_rm_it_waits_not_serving_then_follows_the_first_promo
     finally:
         channel.close()
         server.stop()
+
+
+def test_score_and_reload_without_the_service_credential_are_refused(server):
+    reward_server, _ = server
+    target = f"127.0.0.1:{reward_server.grpc.port}"
+    with grpc.insecure_channel(target) as channel:
+        calls = {
+            "Score": lambda: reward_pb2_grpc.RewardServiceStub(channel).Score(
+                request("Blue."), timeout=5
+            ),
+            "Reload": lambda: admin_pb2_grpc.ModelAdminStub(channel).Reload(
+                admin_pb2.ReloadRequest(version="v0"), timeout=5
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import grpc
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -15,6 +14,7 @@ from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.reward_model import score_answers
+from tests.conftest import internal_channel
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_served_rewards_from_a_smollm2_rm_equal_the_library(real_store, tmp_path
     )
     port = server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with internal_channel(f"127.0.0.1:{port}") as channel:
             reply = reward_pb2_grpc.RewardServiceStub(channel).Score(
                 reward_pb2.ScoreRequest(
                     prompt=[common_pb2.ChatMessage(**m) for m in PROMPT], answers=ANSWERS

@@ -33,20 +33,30 @@ class ThumbFeedback(_FeedbackBase):
 
     kind: Literal["thumb"]
     response_id: ResponseId
-    value: Literal[1, -1] = Field(description='+1 (up) or -1 (down); "up" and "down" also do.')
+    value: Literal[1, -1, "up", "down"] = Field(
+        description='+1 (up) or -1 (down); "up" and "down" also do (stored as +1 / -1).'
+    )
     comment: str | None = Field(None, description="Optional free text.")
 
     @field_validator("value", mode="before")
     @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # true == 1 in Python: without this a JSON true would pass as a thumb up.
+        if isinstance(value, bool):
+            raise ValueError('value must be 1, -1, "up" or "down", not a boolean')
+        return value
+
+    @field_validator("value", mode="after")
+    @classmethod
     def _words(cls, value: Any) -> Any:
-        return {"up": 1, "down": -1}.get(value, value) if isinstance(value, str) else value
+        return {"up": 1, "down": -1}.get(value, value)
 
 
 class RankingFeedback(_FeedbackBase):
     """An order over every answer of one candidate group, best first, in tiers of ties."""
 
     kind: Literal["ranking"]
-    ranking: list[list[ResponseId]] = Field(
+    ranking: list[Annotated[list[ResponseId], Field(min_length=1)]] = Field(
         description='Tiers, best first; answers in one tier are tied: [["r2"], ["r1", "r3"]].',
         min_length=1,
     )

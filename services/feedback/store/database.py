@@ -10,6 +10,7 @@ has to upgrade a read lock; readers use plain deferred transactions and never bl
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,6 +30,18 @@ def is_sqlite(url: str | sa.URL) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 
 
+def _create_private_file(url: str | sa.URL) -> None:
+    """Create a SQLite file readable by its owner only (0600) before SQLite opens it: it holds
+    prompts and answers. SQLite gives its -wal and -shm files the database file's mode."""
+    path = sa.make_url(url).database
+    if not path or path == ":memory:":
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.fchmod(fd, 0o600)  # a file made before this rule existed is tightened too
+    os.close(fd)
+
+
 def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Engine:
     """An engine for readers, or (``writer=True``) for the single writer connection."""
     if not is_sqlite(url):
@@ -38,9 +51,7 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
             max_overflow=0 if writer else 4,
             pool_pre_ping=True,
         )
-    path = sa.make_url(url).database
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _create_private_file(url)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 

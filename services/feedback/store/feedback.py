@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -123,6 +124,16 @@ def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, st
         "send the API key that received the answer (Authorization: Bearer ...) or the "
         "feedback token that came with it (X-Feedback-Token header or feedback_token field)",
     )
+
+
+def check_not_revoked(key_id: str, revoked: Container[str]) -> None:
+    if key_id in revoked:
+        raise Refused(
+            401,
+            "revoked_api_key",
+            "the API key these answers were served to has been revoked; its feedback tokens "
+            "are void too",
+        )
 
 
 def _check_window(answers: list[Served], now: datetime, ttl: timedelta) -> None:
@@ -315,8 +326,10 @@ def apply(
     now: datetime,
     ttl: timedelta,
     cache: ServedCache,
+    revoked: Container[str] = frozenset(),
 ) -> Accepted:
-    """Check ``command`` against what was served and store it (see the module docstring)."""
+    """Check ``command`` against what was served and store it (see the module docstring).
+    ``revoked``: API key ids whose votes (by key or by their groups' tokens) are refused."""
     wanted = command.response_ids()
     duplicates = sorted({r for r in wanted if wanted.count(r) > 1})
     if duplicates:
@@ -332,6 +345,7 @@ def apply(
         )
     answers = [known[r] for r in wanted]
     rater, via = _authorise(command, answers)
+    check_not_revoked(rater, revoked)
     replay = _replay(conn, sql, command, rater)
     if replay is not None:
         return replay

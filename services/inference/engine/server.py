@@ -45,7 +45,12 @@ class EngineServer:
         self.http = HttpServerThread(
             app, settings.http_host, settings.http_port, settings.drain_timeout_s
         )
-        self.admin = GrpcServer(port=settings.admin_grpc_port, max_workers=4)
+        self.admin = GrpcServer(
+            settings.admin_grpc_host,
+            settings.admin_grpc_port,
+            service_token=settings.resolved_service_token(),
+            max_workers=4,
+        )
         self.admin.add(
             admin_pb2_grpc.add_ModelAdminServicer_to_server,
             ModelAdminServicer(ROLE, self.policies),

@@ -15,7 +15,13 @@ class EngineSettings(ServiceSettings):
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
     http_port: int = Field(8080, description="TGI protocol, OpenAI chat route, /metrics.")
-    admin_grpc_port: int = Field(50053, description="ModelAdmin (Reload, CurrentVersion).")
+    admin_grpc_host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC API listens on: loopback locally; 0.0.0.0 in a pod.",
+    )
+    admin_grpc_port: int = Field(
+        50053, description="ModelAdmin (Reload, CurrentVersion; service credential)."
+    )
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

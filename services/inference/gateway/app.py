@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.api_keys import ApiKeyStore, KeyRecord, bearer_token
 from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
 from services.inference.gateway import chat
-from services.inference.gateway.api_keys import ApiKeyStore, KeyRecord, bearer_token
 from services.inference.gateway.engine_client import EngineFailed
 from services.inference.gateway.http_metrics import RequestMetrics
 from services.inference.gateway.rate_limit import (

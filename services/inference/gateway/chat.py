@@ -23,9 +23,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.aio import merge
+from services.common.api_keys import KeyRecord
 from services.common.chat_contract import MAX_SEED, ChatRole, candidate_seed, seeds_fit
 from services.common.credentials import new_feedback_token
-from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.engine_client import (
     Completion,
     EngineClient,

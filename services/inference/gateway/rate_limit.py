@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.common.api_keys import KeyRecord
 from services.common.redis_names import rate_limit_key
 from services.inference.gateway import metrics
-from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

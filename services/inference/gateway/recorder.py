@@ -31,6 +31,7 @@ import grpc
 
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.grpc_errors import field_violations
+from services.common.service_auth import service_channel
 from services.inference.gateway import metrics
 from services.inference.gateway.settings import GatewaySettings
 from services.inference.gateway.spool import InteractionSpool, SpooledRecord
@@ -66,8 +67,8 @@ def _describe(error: grpc.RpcError) -> str:
 class InteractionRecorder:
     """Background delivery of spooled interactions; see the module docstring.
 
-    ``channel`` may be given (tests, or a shared channel with TLS); otherwise an insecure
-    channel to ``feedback_target`` is made, whose reconnect backoff is capped at
+    ``channel`` may be given (tests, or a shared channel with TLS); otherwise a channel to
+    ``feedback_target`` presenting ``service_token`` is made, whose reconnect backoff is capped at
     ``retry_max_s`` so that the recorder notices a recovered service within one retry period.
     """
 
@@ -76,6 +77,7 @@ class InteractionRecorder:
         spool: InteractionSpool,
         feedback_target: str,
         *,
+        service_token: str,
         batch: int = 64,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
@@ -91,8 +93,9 @@ class InteractionRecorder:
         self.rpc_timeout_s = rpc_timeout_s
         self.idle_poll_s = idle_poll_s
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
+        self._channel = channel or service_channel(
             feedback_target,
+            service_token,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", max(1, int(retry_initial_s * 1000))),
                 ("grpc.max_reconnect_backoff_ms", max(1, int(retry_max_s * 1000))),
@@ -120,6 +123,7 @@ class InteractionRecorder:
         return cls(
             spool,
             settings.feedback_grpc_target,
+            service_token=settings.resolved_service_token(),
             batch=settings.recorder_batch,
             retry_initial_s=settings.recorder_retry_initial_s,
             retry_max_s=settings.recorder_retry_max_s,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.common.generated.flywheel.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from services.common.service_auth import aio_service_channel
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,16 @@ class RewardUnavailable(Exception):
 
 
 class RewardClient:
-    def __init__(self, target: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, service_token: str, timeout_s: float = 10.0) -> None:
         self._target = target
+        self._service_token = service_token
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
 
     def _stub(self) -> reward_pb2_grpc.RewardServiceStub:
         # Made on first use: an aio channel belongs to the event loop that creates it.
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = aio_service_channel(self._target, self._service_token)
         return reward_pb2_grpc.RewardServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
+from services.common.api_keys import ApiKeyStore
 from services.common.http_server import HttpServerThread, run_until_signal
+from services.common.revocations import RevocationPublisher
 from services.inference.gateway import chat
-from services.inference.gateway.api_keys import ApiKeyStore
 from services.inference.gateway.app import create_app
 from services.inference.gateway.engine_client import EngineClient
 from services.inference.gateway.metrics import watch_spool
@@ -32,10 +35,15 @@ class GatewayServer:
         self.recorder = InteractionRecorder.from_settings(settings, self.spool)
         deps = chat.ChatDeps(
             engine=EngineClient(settings.engine_url, settings.request_timeout_s),
-            reward=RewardClient(settings.reward_grpc_target),
+            reward=RewardClient(settings.reward_grpc_target, settings.resolved_service_token()),
             spool=self.spool,
             max_messages=settings.max_messages,
             max_n=settings.max_n,
+        )
+        self.revocations = RevocationPublisher(
+            self.keys.revoked_ids,
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2),
+            settings.revocation_publish_s,
         )
         limiter = RateLimiter.from_url(settings.redis_url)
         app = create_app(settings, self.keys, limiter, deps)
@@ -45,6 +53,7 @@ class GatewayServer:
 
     def start(self) -> None:
         watch_spool(self.spool)
+        self.revocations.start()
         self.recorder.start()
         self.http.start()
         log.info(
@@ -57,6 +66,7 @@ class GatewayServer:
         left = self.recorder.stop(self.settings.drain_timeout_s)
         if left:
             log.warning("%d answers wait in the spool for the feedback service", left)
+        self.revocations.stop()
         self.spool.close()
 
     def serve_until_signal(self) -> None:

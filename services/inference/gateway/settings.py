@@ -74,6 +74,12 @@ class GatewaySettings(ServiceSettings):
     recorder_retry_max_s: float = Field(
         30.0, gt=0, description="Longest wait between attempts while the feedback service is down."
     )
+    revocation_publish_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the key file's revoked ids are published to Redis for the "
+        "feedback service (a revocation by `flywheel keys revoke` is published at once).",
+    )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Longest a chat request may take end to end (engine included)."
     )

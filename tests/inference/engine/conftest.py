@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.inference.engine.server import EngineServer
+from tests.conftest import internal_channel
 from tests.inference.inference_helpers import engine_settings
 
 
@@ -35,7 +36,7 @@ def engine(policy_store, redis_url, engine_overrides) -> Iterator[RunningEngine]
     server = EngineServer(engine_settings(policy_store, redis_url, **engine_overrides))
     server.start()
     http = httpx.Client(base_url=f"http://127.0.0.1:{server.http.port}", timeout=60)
-    admin = grpc.insecure_channel(f"127.0.0.1:{server.admin.port}")
+    admin = internal_channel(f"127.0.0.1:{server.admin.port}")
     try:
         yield RunningEngine(server, http, admin)
     finally:

@@ -77,3 +77,15 @@ def test_reload_of_an_unknown_version_keeps_serving(engine):
         )
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert engine.http.get("/info").json()["model_version"] == "v0"
+
+
+def test_reload_without_the_service_credential_is_refused(engine):
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{engine.server.admin.port}") as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        admin_pb2_grpc.ModelAdminStub(channel).Reload(
+            admin_pb2.ReloadRequest(version="v1"), timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert engine.http.get("/info").json()["model_version"] == "v0"

@@ -12,9 +12,9 @@ import pytest
 import redis
 from transformers import AutoTokenizer
 
+from services.common.api_keys import ApiKeyStore
 from services.common.registry import ModelRegistry
 from services.inference.engine.server import EngineServer
-from services.inference.gateway.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
 from services.inference.gateway.settings import GatewaySettings
 from services.reward.server import RewardServer

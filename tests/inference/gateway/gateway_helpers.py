@@ -15,6 +15,7 @@ from services.common.credentials import api_key_id, new_api_key, new_feedback_to
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.feedback.server import FeedbackServer
 from services.feedback.settings import FeedbackSettings
+from tests.conftest import internal_channel
 
 
 class FeedbackHarness:
@@ -30,6 +31,7 @@ class FeedbackHarness:
             http_port=0,
             grpc_port=0,
             drain_timeout_s=0.5,
+            revocation_refresh_s=0.2,
         )
         self.server: FeedbackServer | None = None
         self.port = 0
@@ -45,7 +47,7 @@ class FeedbackHarness:
         self.server = FeedbackServer(settings)
         self.server.start()
         self.port = self.server.grpc_port
-        self._channel = grpc.insecure_channel(self.target)
+        self._channel = internal_channel(self.target)
         self.stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
 
     def stop(self) -> None:
@@ -55,6 +57,10 @@ class FeedbackHarness:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
 
     def get(self, response_id: str) -> feedback_pb2.Interaction:
         request = feedback_pb2.GetInteractionRequest(response_id=response_id)

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from services.inference.gateway.api_keys import ApiKeyStore
+from services.common.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
 from tests.inference.gateway.conftest import gateway_settings
 from tests.inference.gateway.gateway_helpers import free_port, wait_for

@@ -8,6 +8,10 @@ import threading
 import httpx
 import pytest
 
+from services.common.api_keys import ApiKeyStore
+from services.common.credentials import api_key_id
+from tests.inference.gateway.gateway_helpers import wait_for
+
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
 
@@ -145,3 +149,30 @@ def test_openapi_documents_every_status_and_the_stream(stack):
     assert "text/event-stream" in chat["200"]["content"]
     schema = spec["components"]["schemas"]["ChatBody"]["properties"]["messages"]
     assert schema["minItems"] == 1
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"revocation_publish_s": 0.2}])
+def test_a_revoked_key_can_no_longer_rate_anywhere(stack, feedback):
+    reply = post(stack, {"messages": MESSAGES, "max_tokens": 2, "n": 2}).json()
+    ids, token = reply["flywheel"]["response_ids"], reply["flywheel"]["feedback_token"]
+    wait_for(lambda: feedback.interaction_count() == 2, what="the records")
+    by_key = {"Authorization": f"Bearer {stack.key}"}
+
+    def thumb(headers, response_id, event):
+        body = {"kind": "thumb", "response_id": response_id, "value": 1, "client_event_id": event}
+        return httpx.post(f"{feedback.http_url}/v1/feedback", json=body, headers=headers)
+
+    assert thumb(by_key, ids[0], "before").status_code == 201
+    # An operator revokes the key in the gateway's key file (no CLI, so no direct publish):
+    # the gateway refuses it, and its publisher carries the revocation to the feedback service.
+    assert ApiKeyStore(stack.settings.resolved_api_keys_file).revoke(api_key_id(stack.key))
+    wait_for(lambda: post(stack, {"messages": MESSAGES}).status_code == 401, what="the gateway")
+    wait_for(lambda: thumb(by_key, ids[1], "after").status_code == 401, what="feedback")
+    refused = thumb(by_key, ids[1], "after-again").json()["error"]
+    assert refused["code"] == "revoked_api_key"
+    by_token = thumb({"X-Feedback-Token": token}, ids[1], "token")
+    assert by_token.status_code == 401 and by_token.json()["error"]["code"] == "revoked_api_key"
+    replay = thumb(by_key, ids[0], "before")  # even a retry of a vote accepted earlier
+    assert replay.status_code == 401
+    read = httpx.get(f"{feedback.http_url}/v1/interactions/{ids[0]}", headers=by_key)
+    assert read.status_code == 401

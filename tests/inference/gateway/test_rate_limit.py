@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import redis
 from prometheus_client import REGISTRY
 
+from services.common.api_keys import KeyRecord
 from services.common.redis_names import rate_limit_key
-from services.inference.gateway.api_keys import KeyRecord
 from services.inference.gateway.rate_limit import (
     RateLimiter,
     RateLimitPolicy,

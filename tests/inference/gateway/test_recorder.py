@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from services.common.generated.flywheel.v1 import feedback_pb2
 from services.inference.gateway.recorder import InteractionRecorder
 from services.inference.gateway.spool import InteractionSpool
+from tests.conftest import SERVICE_TOKEN
 from tests.inference.gateway.gateway_helpers import FeedbackHarness, make_interaction, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -34,7 +35,13 @@ def recorders():
 
     def make(spool: InteractionSpool, target: str) -> InteractionRecorder:
         recorder = InteractionRecorder(
-            spool, target, batch=16, retry_initial_s=0.05, retry_max_s=0.3, rpc_timeout_s=5
+            spool,
+            target,
+            service_token=SERVICE_TOKEN,
+            batch=16,
+            retry_initial_s=0.05,
+            retry_max_s=0.3,
+            rpc_timeout_s=5,
         )
         made.append(recorder)
         recorder.start()
@@ -80,7 +87,9 @@ def test_records_reach_the_feedback_service(tmp_path, feedback: FeedbackHarness,
 
 def test_an_enqueue_wakes_the_recorder(tmp_path, feedback: FeedbackHarness):
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
-    recorder = InteractionRecorder(spool, feedback.target, idle_poll_s=60)
+    recorder = InteractionRecorder(
+        spool, feedback.target, service_token=SERVICE_TOKEN, idle_poll_s=60
+    )
     recorder.start()
     try:
         time.sleep(0.2)  # idle, with nothing to do for a minute
@@ -133,7 +142,9 @@ def test_outage_records_wait_and_are_delivered_after(
 def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackHarness):
     feedback.stop()
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
-    recorder = InteractionRecorder(spool, feedback.target, retry_initial_s=0.05, retry_max_s=0.2)
+    recorder = InteractionRecorder(
+        spool, feedback.target, service_token=SERVICE_TOKEN, retry_initial_s=0.05, retry_max_s=0.2
+    )
     recorder.start()
     spool.enqueue_many([make_interaction() for _ in range(4)])
     time.sleep(0.3)
@@ -144,7 +155,7 @@ def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackHar
 
     feedback.start()
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
-    recorder = InteractionRecorder(spool, feedback.target)
+    recorder = InteractionRecorder(spool, feedback.target, service_token=SERVICE_TOKEN)
     recorder.start()
     wait_for(lambda: spool.pending_count() == 0)
     assert recorder.stop() == 0

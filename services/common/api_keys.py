@@ -13,7 +13,12 @@ File format (version 1)::
 
     {"version": 1, "keys": [{"id": "key_...", "sha256": "...", "name": "...",
       "created_at": "2025-01-01T00:00:00+00:00",
-      "rate_limit_requests_per_minute": null, "rate_limit_burst": null}]}
+      "rate_limit_requests_per_minute": null, "rate_limit_burst": null}],
+     "revoked": [{"id": "key_...", "revoked_at": "2025-02-01T00:00:00+00:00"}]}
+
+``revoked`` keeps the ids of revoked keys: the gateway refuses a key as soon as it is gone
+from ``keys``, and publishes ``revoked`` to Redis for the feedback service, which does not
+read this file (services/common/revocations.py).
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class ApiKeyStore:
         self.check_interval_s = check_interval_s
         self._lock = threading.Lock()
         self._by_id: dict[str, KeyRecord] = {}
+        self._revoked: dict[str, str] = {}  # id -> when (ISO 8601)
         self._signature: tuple[int, int, int] | None = None
         self._checked_at = -float("inf")
         self._warned_missing = False
@@ -125,25 +131,26 @@ class ApiKeyStore:
                 if not self._warned_missing:
                     log.warning("no API key file at %s: every request will be refused", self.path)
                     self._warned_missing = True
-                self._by_id, self._signature = {}, None
+                self._by_id, self._revoked, self._signature = {}, {}, None
                 return
             try:
-                keys = self._read_file()
+                keys, revoked = self._read_file()
             except (OSError, ValueError, KeyError, TypeError) as error:
                 log.error(
                     "cannot read API keys from %s (%s); keeping the previous keys", self.path, error
                 )
                 return
-            self._by_id, self._signature = keys, signature
+            self._by_id, self._revoked, self._signature = keys, revoked, signature
             self._warned_missing = False
             log.info("loaded %d API keys from %s", len(keys), self.path)
 
-    def _read_file(self) -> dict[str, KeyRecord]:
+    def _read_file(self) -> tuple[dict[str, KeyRecord], dict[str, str]]:
         data = json.loads(self.path.read_text(encoding="utf-8"))
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unknown API key file version {data.get('version')!r}")
         records = [KeyRecord.from_json(item) for item in data["keys"]]
-        return {record.id: record for record in records}
+        revoked = {item["id"]: item["revoked_at"] for item in data.get("revoked", [])}
+        return {record.id: record for record in records}, revoked
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key, oldest first."""
@@ -155,6 +162,12 @@ class ApiKeyStore:
         self._refresh()
         with self._lock:
             return self._by_id.get(key_id)
+
+    def revoked_ids(self) -> frozenset[str]:
+        """Ids of every key revoked so far."""
+        self._refresh()
+        with self._lock:
+            return frozenset(self._revoked)
 
     def authenticate(self, bearer: str | None) -> KeyRecord | None:
         """The record of the key ``bearer`` (the token, without "Bearer "), or None.
@@ -172,19 +185,22 @@ class ApiKeyStore:
     # ---- writing ---------------------------------------------------------------------------
 
     @contextmanager
-    def _writing(self) -> Iterator[dict[str, KeyRecord]]:
-        """Read-modify-write under an exclusive lock shared with other processes."""
+    def _writing(self) -> Iterator[tuple[dict[str, KeyRecord], dict[str, str]]]:
+        """Read-modify-write (keys, revoked) under an exclusive lock shared with other
+        processes."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600), "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = self._read_file() if self.path.exists() else {}
-            yield keys
+            keys, revoked = self._read_file() if self.path.exists() else ({}, {})
+            yield keys, revoked
             records = sorted(keys.values(), key=lambda r: r.created_at)
-            text = json.dumps(
-                {"version": FORMAT_VERSION, "keys": [r.to_json() for r in records]}, indent=2
-            )
-            write_atomically(self.path, text + "\n", mode=0o600)
+            document = {
+                "version": FORMAT_VERSION,
+                "keys": [r.to_json() for r in records],
+                "revoked": [{"id": i, "revoked_at": at} for i, at in sorted(revoked.items())],
+            }
+            write_atomically(self.path, json.dumps(document, indent=2) + "\n", mode=0o600)
         self._refresh(force=True)
 
     def _add(
@@ -202,7 +218,7 @@ class ApiKeyStore:
             rate_limit_requests_per_minute=rate_limit_requests_per_minute,
             rate_limit_burst=rate_limit_burst,
         )
-        with self._writing() as keys:
+        with self._writing() as (keys, _revoked):
             keys[record.id] = record
         return record
 
@@ -224,7 +240,7 @@ class ApiKeyStore:
         burst: int | None,
     ) -> KeyRecord | None:
         """Set (or with None, clear) a key's rate-limit override; None if the key is unknown."""
-        with self._writing() as keys:
+        with self._writing() as (keys, _revoked):
             record = keys.get(key_id)
             if record is None:
                 return None
@@ -237,9 +253,13 @@ class ApiKeyStore:
         return record
 
     def revoke(self, key_id: str) -> bool:
-        """Remove a key; gateways refuse it from their next file check. False if unknown."""
-        with self._writing() as keys:
-            return keys.pop(key_id, None) is not None
+        """Remove a key and remember its id as revoked; gateways refuse it from their next file
+        check (and publish it to the feedback service). False if unknown."""
+        with self._writing() as (keys, revoked):
+            if keys.pop(key_id, None) is None:
+                return False
+            revoked[key_id] = datetime.now(UTC).isoformat()
+            return True
 
     def ensure_dev_key(self, dev_key_path: str | Path) -> str:
         """The local stack's development key: made on first call, the same one afterwards.

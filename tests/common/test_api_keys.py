@@ -7,8 +7,8 @@ import json
 import os
 import stat
 
+from services.common.api_keys import ApiKeyStore, bearer_token
 from services.common.credentials import API_KEY_PREFIX, api_key_id, new_api_key, token_hash
-from services.inference.gateway.api_keys import ApiKeyStore, bearer_token
 
 
 def mode(path) -> int:

@@ -1,0 +1,54 @@
+"""A background thread that runs one small job every few seconds and survives its failures.
+
+Meant for jobs that talk to something that may be down (Redis): a failure is logged once
+when an outage starts and once when it ends, not every round, and the thread goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Periodic:
+    def __init__(self, name: str, interval_s: float, job: Callable[[], object]) -> None:
+        self.name, self.interval_s, self.job = name, interval_s, job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def run_once(self) -> bool:
+        """One round now; whether it succeeded."""
+        try:
+            self.job()
+        except Exception as error:
+            if not self._failing:
+                log.warning(
+                    "%s failing (%s); retrying every %.1f s", self.name, error, self.interval_s
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("%s recovered", self.name)
+        self._failing = False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self.interval_s)
