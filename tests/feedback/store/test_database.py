@@ -3,6 +3,8 @@ store runs in the durable modes it promises."""
 
 from __future__ import annotations
 
+import stat
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -44,3 +46,15 @@ def test_sqlite_uses_small_pages_for_new_files(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 1024
     engine.dispose()
+
+
+def test_the_sqlite_store_is_readable_by_its_owner_only(tmp_path):
+    """It holds every prompt and answer: 0600 like the gateway's spool, WAL files included."""
+    fresh = tmp_path / "fresh.sqlite3"
+    old = tmp_path / "old.sqlite3"
+    old.touch(mode=0o644)
+    old.chmod(0o644)
+    for path in (fresh, old):
+        database.migrate(f"sqlite:///{path}")
+        for file in path.parent.glob(path.name + "*"):
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
