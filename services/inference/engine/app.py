@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
+from services.common.openapi import SSE_CONTENT
 from services.inference.engine import metrics
 from services.inference.engine.chat import add_chat_route
 from services.inference.engine.params import (
@@ -124,7 +125,7 @@ _STATUS_TEXT = {
     503: "No model loaded yet, or the engine is stalled.",
 }
 _GENERATION_ERRORS = _documented(413, 422, 424, 429, 499, 503)
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_SSE = SSE_CONTENT
 
 
 def create_app(runner: Runner) -> FastAPI:

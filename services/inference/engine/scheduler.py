@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -309,7 +309,7 @@ class Scheduler:
         try:
             seed = request.params.seed
             if seed is None:
-                seed = random.getrandbits(63)
+                seed = secrets.randbits(63)
             chooser = TokenChooser(request.params, seed, torch.tensor(request.input_ids))
             decoder = IncrementalDecoder(request.policy.tokenizer)
         except Exception as exc:

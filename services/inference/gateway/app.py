@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common.api_keys import ApiKeyStore, KeyRecord, bearer_token
 from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
+from services.common.openapi import SSE_CONTENT
 from services.inference.gateway import chat
 from services.inference.gateway.engine_client import EngineFailed
 from services.inference.gateway.http_metrics import RequestMetrics
@@ -172,7 +173,7 @@ def create_app(
             200: {
                 "description": "A completion; with `stream: true`, server-sent events of chunks "
                 "ending with `data: [DONE]`.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": SSE_CONTENT,
             },
             **_documented(400, 401, 413, 429, 502, 503),
         },
