@@ -20,6 +20,7 @@ from tests.inference.engine.test_parameter_fuzzing import (
     post_raw,
 )
 from tests.inference.gateway.gateway_helpers import wait_for
+from tests.schema_fuzzing import fuzz_api
 
 GATEWAY_CHAT = parameters(
     {**VALID_CHAT, "best_of": st.integers(1, 3), "user": st.text(max_size=8)},
@@ -87,3 +88,13 @@ def test_random_chat_requests_never_hurt_the_gateway_or_other_requests(stack, en
     scheduler = engine_server.scheduler
     wait_for(lambda: scheduler.batch_size == 0 and scheduler.queue_size == 0, what="idle engine")
     assert httpx.get(f"{stack.url}/readyz").status_code == 200
+
+
+def test_schema_fuzzing_of_the_gateway_api(stack):
+    calls = fuzz_api(stack.url, headers={"Authorization": f"Bearer {stack.key}"}, max_examples=15)
+    assert {label.split(" [")[0] for label in calls} >= {
+        "POST /v1/chat/completions",
+        "GET /v1/models",
+    }
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    assert 'flywheel_gateway_requests_in_flight{route="/v1/chat/completions"} 0.0' in metrics
