@@ -197,6 +197,21 @@ def test_random_parameters_never_hurt_the_engine_or_its_other_requests(engine):
     assert_no_slot_leaks(engine)
     assert engine.http.get("/health").status_code == 200
     assert engine.http.get("/livez").status_code == 200
+    # Every request counted on arrival: outcomes never outnumber requests.
+    counts = metric_values(engine.http.get("/metrics").text)
+    finished = counts["tgi_request_success"] + counts["tgi_request_failure"]
+    assert counts["tgi_request_count"] >= finished >= len(statuses)
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Sum of each sample's values by metric name (labels summed over)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            name = name.split("{")[0]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
 
 
 def test_schema_fuzzing_of_the_engine_api(engine):
