@@ -125,7 +125,6 @@ _STATUS_TEXT = {
     503: "No model loaded yet, or the engine is stalled.",
 }
 _GENERATION_ERRORS = _documented(413, 422, 424, 429, 499, 503)
-_SSE = SSE_CONTENT
 
 
 def create_app(runner: Runner) -> FastAPI:
@@ -300,7 +299,7 @@ def create_app(runner: Runner) -> FastAPI:
     @app.post(
         "/generate_stream",
         responses={
-            200: {"description": "Server-sent events", "content": _SSE},
+            200: {"description": "Server-sent events", "content": SSE_CONTENT},
             **_GENERATION_ERRORS,
         },
     )
@@ -310,7 +309,7 @@ def create_app(runner: Runner) -> FastAPI:
     @app.post(
         "/",
         responses={
-            200: {"description": "A list of one result, or events", "content": _SSE},
+            200: {"description": "A list of one result, or events", "content": SSE_CONTENT},
             **_GENERATION_ERRORS,
         },
     )
@@ -320,7 +319,7 @@ def create_app(runner: Runner) -> FastAPI:
         result, version = await generate(body, request)
         return JSONResponse([result], headers={VERSION_HEADER: version})
 
-    add_chat_route(app, runner, responses=_GENERATION_ERRORS, stream_content=_SSE)
+    add_chat_route(app, runner, responses=_GENERATION_ERRORS, stream_content=SSE_CONTENT)
     return app
 
 

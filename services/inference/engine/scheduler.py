@@ -293,8 +293,6 @@ class Scheduler:
             for row in rows:
                 self._prefill([row.request])
             return
-        for row in rows:
-            row.admitted_at = started
         metrics.observe_batch("prefill", time.perf_counter() - started, len(rows))
         self._emit_tokens(new, logits)
         running = self._batches.get(new.policy)

@@ -77,3 +77,30 @@ def test_a_body_that_is_not_a_request(engine):
         "/generate", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert garbage.status_code == 422 and garbage.json()["error_type"] == "validation"
+
+
+def _assert_tgi_error(response, status: int, error_type: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
+
+
+@pytest.mark.parametrize("engine_overrides", [{"max_body_bytes": 2048}])
+def test_every_error_is_in_tgi_shape_whatever_its_cause(engine):
+    _assert_tgi_error(engine.http.get("/no/such/route"), 404, "not_found")
+    _assert_tgi_error(engine.http.get("/generate"), 405, "method_not_allowed")
+    json_header = {"content-type": "application/json"}
+    invalid_utf8 = engine.http.post("/generate", content=b'{"inputs": "\xff"}', headers=json_header)
+    _assert_tgi_error(invalid_utf8, 422, "validation")
+    declared = engine.http.post("/generate", json={"inputs": "x" * 5000})
+    _assert_tgi_error(declared, 413, "validation")
+
+    def chunks():
+        yield b'{"inputs": "'
+        for _ in range(5):
+            yield b"x" * 1000
+        yield b'"}'
+
+    chunked = engine.http.post("/generate", content=chunks(), headers=json_header)
+    _assert_tgi_error(chunked, 413, "validation")
+    assert engine.http.post("/generate", json={"inputs": "Hi"}).status_code == 200
