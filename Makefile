@@ -48,6 +48,7 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check services tests tools benchmarks
 	$(BIN)/ruff format --check services tests tools benchmarks
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix services tests tools benchmarks

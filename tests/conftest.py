@@ -9,13 +9,11 @@ well under a second.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 import redis
 import torch
@@ -23,20 +21,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from services.common.base_model import find_base_gguf
 from services.common.registry import ModelRegistry
-from services.common.service_auth import service_channel
+from tests.harness import SERVICE_TOKEN  # noqa: F401  (first: sets the suite's token)
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
-
-# Every server of the suite, in-process or a child process, shares one service credential, as
-# the pods of one release share one Secret (services/common/service_auth.py).
-# (A child process that imports this module keeps the token it inherited.)
-SERVICE_TOKEN = os.environ.setdefault("FLYWHEEL_SERVICE_TOKEN", "fws_test-" + secrets.token_hex(8))
-
-
-def internal_channel(target: str) -> grpc.Channel:
-    """A channel to an internal gRPC API, presenting the suite's service credential."""
-    return service_channel(target, SERVICE_TOKEN)
 
 
 def tiny_llama_config(tokenizer) -> LlamaConfig:

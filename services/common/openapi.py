@@ -15,3 +15,8 @@ SSE_CONTENT = {
         }
     }
 }
+
+
+def error_responses(model: type, descriptions: dict[int, str], *statuses: int) -> dict:
+    """``responses=`` for a route: each status with the service's error body and a sentence."""
+    return {status: {"model": model, "description": descriptions[status]} for status in statuses}

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 
 from services.common.registry import ModelRegistry
 from services.rlhf.heads import ScalarHeadModel
+from tests.harness import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_GATEWAY = (REPO / "services/inference/gateway/__main__.py").is_file()
@@ -37,18 +38,6 @@ PORT_VARIABLES = [
     "FLYWHEEL_ENGINE_ADMIN_GRPC_PORT",
     "FLYWHEEL_GATEWAY_HTTP_PORT",
 ]
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on (held open together, so they are distinct)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def add_tiny_rm(registry: ModelRegistry, tiny_model_dir: Path) -> None:

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from services.common.grpc_server import GrpcServer
-from tests.conftest import SERVICE_TOKEN, internal_channel
+from tests.harness import SERVICE_TOKEN, internal_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "test.Slow"

@@ -1,16 +1,10 @@
-import socket
 import urllib.request
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.common.metrics import add_metrics_route, set_build_info, start_metrics_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.harness import free_port
 
 
 def test_metrics_server_exposes_build_info_over_http(monkeypatch):

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.feedback.server import FeedbackServer
 from services.feedback.settings import FeedbackSettings
-from tests.conftest import internal_channel
+from tests.harness import internal_channel
 
 TEST_POSTGRES_URL = os.environ.get(
     "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"

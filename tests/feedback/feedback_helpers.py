@@ -4,7 +4,6 @@ service as a separate process (for the crash and outage tests)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.credentials import api_key_id, new_api_key, new_feedback_token
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
-from tests.conftest import internal_channel
+from tests.harness import free_port, internal_channel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,12 +77,6 @@ def serve_group(
             timeout=10,
         )
     return ServedGroup(api_key, ids, token, group)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServiceProcess:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.credentials import api_key_id
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
@@ -16,6 +15,7 @@ from services.common.grpc_errors import field_violations
 from services.common.service_auth import service_channel
 from services.feedback.store.tables import export_snapshots
 from tests.feedback.feedback_helpers import serve_group
+from tests.harness import assert_refused_without_credential
 
 
 def interaction(**overrides) -> feedback_pb2.Interaction:
@@ -198,11 +198,6 @@ def test_every_internal_call_without_the_service_credential_is_refused(feedback)
                 ),
                 "Stats": lambda s=stub: s.Stats(feedback_pb2.StatsRequest(), timeout=5),
             }
-            for name, call in calls.items():
-                with pytest.raises(grpc.RpcError) as refused:
-                    call()
-                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
-            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert_refused_without_credential(channel, calls)
     # The refused export recorded no snapshot: the comparisons are still pending.
     assert feedback.stub.Stats(feedback_pb2.StatsRequest()).comparisons_pending == pending

@@ -23,7 +23,8 @@ import redis
 from services.common.credentials import new_api_key
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.redis_names import FEEDBACK_EVENTS_STREAM, feedback_delivered_key
-from tests.feedback.feedback_helpers import ServedGroup, ServiceProcess, free_port, serve_group
+from tests.feedback.feedback_helpers import ServedGroup, ServiceProcess, serve_group
+from tests.harness import free_port
 
 BEFORE = 10  # events posted (and delivered) before the outage
 DURING = 30  # events posted while Redis is down

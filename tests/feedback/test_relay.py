@@ -12,7 +12,7 @@ from services.common.redis_names import FEEDBACK_EVENTS_STREAM
 from services.feedback.relay import OutboxRelay
 from services.feedback.store import database, outbox
 from services.feedback.store.tables import outbox as outbox_table
-from tests.feedback.feedback_helpers import free_port
+from tests.harness import free_port
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from services.common.generated.flywheel.v1 import (
 from services.common.grpc_errors import field_violations
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
-from tests.conftest import internal_channel
+from tests.harness import assert_refused_without_credential, internal_channel
 
 
 @pytest.fixture
@@ -203,9 +203,4 @@ def test_score_and_reload_without_the_service_credential_are_refused(server):
                 admin_pb2.ReloadRequest(version="v0"), timeout=5
             ),
         }
-        for name, call in calls.items():
-            with pytest.raises(grpc.RpcError) as refused:
-                call()
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert_refused_without_credential(channel, calls)

@@ -14,7 +14,7 @@ from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.reward_model import score_answers
-from tests.conftest import internal_channel
+from tests.harness import internal_channel
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
-from services.common.openapi import SSE_CONTENT
+from services.common.openapi import SSE_CONTENT, error_responses
 from services.inference.engine import metrics
 from services.inference.engine.chat import add_chat_route
 from services.inference.engine.params import (
@@ -111,9 +111,7 @@ def tgi_error(request: Request, status: int, error_type: str, message: str) -> J
 
 
 def _documented(*statuses: int) -> dict:
-    return {
-        status: {"model": ErrorBody, "description": _STATUS_TEXT[status]} for status in statuses
-    }
+    return error_responses(ErrorBody, _STATUS_TEXT, *statuses)
 
 
 _STATUS_TEXT = {

@@ -13,6 +13,7 @@ one that can never succeed costs nothing.
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common.api_keys import ApiKeyStore, KeyRecord, bearer_token
 from services.common.body_limit import BodyLimit
 from services.common.metrics import add_metrics_route
-from services.common.openapi import SSE_CONTENT
+from services.common.openapi import SSE_CONTENT, error_responses
 from services.inference.gateway import chat
 from services.inference.gateway.engine_client import EngineFailed
 from services.inference.gateway.http_metrics import RequestMetrics
@@ -64,9 +65,7 @@ def openai_error(
 
 
 def _documented(*statuses: int) -> dict:
-    return {
-        status: {"model": ErrorBody, "description": _STATUS_TEXT[status]} for status in statuses
-    }
+    return error_responses(ErrorBody, _STATUS_TEXT, *statuses)
 
 
 _STATUS_TEXT = {
@@ -92,7 +91,19 @@ def create_app(
     limiter: RateLimiter,
     deps: chat.ChatDeps,
 ) -> FastAPI:
-    app = FastAPI(title="Flywheel API", version="1")
+    probe = httpx.AsyncClient(base_url=settings.engine_url, timeout=2.0)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # The clients hold connections (HTTP, gRPC, Redis) bound to this event loop: closed
+        # here, on the loop, when the server shuts down.
+        yield
+        await probe.aclose()
+        await deps.engine.close()
+        await deps.reward.close()
+        await limiter.aclose()
+
+    app = FastAPI(title="Flywheel API", version="1", lifespan=lifespan)
     add_metrics_route(app)
 
     def too_large(limit: int) -> JSONResponse:
@@ -100,7 +111,6 @@ def create_app(
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, refuse=too_large)
     app.add_middleware(RequestMetrics)
-    probe = httpx.AsyncClient(base_url=settings.engine_url, timeout=2.0)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):

@@ -17,14 +17,14 @@ import json
 import time
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.aio import merge
 from services.common.api_keys import KeyRecord
-from services.common.chat_contract import MAX_SEED, ChatRole, candidate_seed, seeds_fit
+from services.common.chat_contract import MAX_SEED, ChatRole, seeds_fit
 from services.common.credentials import new_feedback_token
 from services.inference.gateway.engine_client import (
     Completion,
@@ -87,6 +87,7 @@ class ChatDeps:
     spool: InteractionSpool
     max_messages: int
     max_n: int
+    default_max_tokens: int
 
 
 def check(body: ChatBody, deps: ChatDeps) -> Sampling:
@@ -109,7 +110,8 @@ def check(body: ChatBody, deps: ChatDeps) -> Sampling:
         )
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     return Sampling(
-        max_tokens=body.max_completion_tokens or body.max_tokens,
+        # Always explicit, so what is recorded is what the engine used, whichever engine.
+        max_tokens=body.max_completion_tokens or body.max_tokens or deps.default_max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
@@ -117,25 +119,23 @@ def check(body: ChatBody, deps: ChatDeps) -> Sampling:
     )
 
 
-def candidate_sampling(sampling: Sampling, index: int) -> Sampling:
-    """Candidates of one request must differ: each gets its candidate seed."""
-    if sampling.seed is None or index == 0:
-        return sampling
-    return replace(sampling, seed=candidate_seed(sampling.seed, index))
-
-
 async def complete(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -> dict:
     messages = [m.model_dump() for m in body.messages]
     count = body.best_of if body.best_of and body.best_of > 1 else body.n
+    samplings = [sampling.for_candidate(i) for i in range(count)]
     candidates: list[Completion] = await asyncio.gather(
-        *(deps.engine.complete(messages, candidate_sampling(sampling, i)) for i in range(count))
+        *(deps.engine.complete(messages, s) for s in samplings)
     )
     best_of = None
     if count > body.n:
-        candidates, best_of = await _rerank(deps.reward, messages, candidates)
-    group = _Group(body, key, messages, sampling)
+        chosen, best_of = await _rerank(deps.reward, messages, candidates)
+        candidates, samplings = [candidates[chosen]], [samplings[chosen]]
+    group = _Group(body, key, messages)
     await group.record(
-        deps.spool, [c.text for c in candidates], [c.model_version for c in candidates]
+        deps.spool,
+        [c.text for c in candidates],
+        [c.model_version for c in candidates],
+        samplings,
     )
     prompt_tokens = candidates[0].prompt_tokens
     completion_tokens = sum(c.completion_tokens for c in candidates)
@@ -165,17 +165,18 @@ async def complete(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: Cha
 
 
 async def _rerank(reward: RewardClient, messages, candidates: list[Completion]):
+    """(index of the candidate to return, what to say about it under ``flywheel.best_of``)."""
     answers = [c.text for c in candidates]
     try:
         scores = await reward.score(messages, answers)
     except RewardUnavailable as exc:
-        return candidates[:1], {
+        return 0, {
             "candidates": len(candidates),
             "reranked": False,
             "reason": f"reward service unavailable: {exc}",
         }
     best = max(range(len(candidates)), key=lambda i: scores.rewards[i])
-    return [candidates[best]], {
+    return best, {
         "candidates": len(candidates),
         "reranked": True,
         "chosen": best,
@@ -187,8 +188,8 @@ async def _rerank(reward: RewardClient, messages, candidates: list[Completion]):
 class _Group:
     """The answers of one request: ids, token and what gets recorded."""
 
-    def __init__(self, body: ChatBody, key: KeyRecord, messages, sampling: Sampling) -> None:
-        self.body, self.key, self.messages, self.sampling = body, key, messages, sampling
+    def __init__(self, body: ChatBody, key: KeyRecord, messages) -> None:
+        self.body, self.key, self.messages = body, key, messages
         self.completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.group = new_group_id()
@@ -196,7 +197,13 @@ class _Group:
         self.conversation_id = body.conversation_id or new_conversation_id()
         self.response_ids: list[str] = []
 
-    async def record(self, spool: InteractionSpool, answers: list[str], versions: list[str]):
+    async def record(
+        self,
+        spool: InteractionSpool,
+        answers: list[str],
+        versions: list[str],
+        samplings: list[Sampling],
+    ):
         self.response_ids = [new_response_id() for _ in answers]
         records = interactions(
             messages=self.messages,
@@ -205,7 +212,7 @@ class _Group:
             versions=versions,
             group=self.group,
             conversation_id=self.conversation_id,
-            sampling=self.sampling,
+            samplings=samplings,
             api_key_id=self.key.id,
             feedback_token=self.feedback_token,
         )
@@ -226,7 +233,8 @@ class _Group:
 
 def stream(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -> StreamingResponse:
     messages = [m.model_dump() for m in body.messages]
-    group = _Group(body, key, messages, sampling)
+    group = _Group(body, key, messages)
+    samplings = [sampling.for_candidate(i) for i in range(body.n)]
 
     def chunk(payload: dict) -> str:
         base = {
@@ -243,9 +251,7 @@ def stream(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -
         texts, versions = [""] * body.n, [""] * body.n
         first_token = True
         prompt_tokens, completion_tokens = 0, 0
-        candidates = [
-            deps.engine.stream(messages, candidate_sampling(sampling, i)) for i in range(body.n)
-        ]
+        candidates = [deps.engine.stream(messages, s) for s in samplings]
         try:
             # aclosing: a client that hangs up stops every candidate's engine call at once.
             async with aclosing(merge(candidates)) as deltas:
@@ -267,7 +273,7 @@ def stream(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -
             error = {"message": exc.message, "type": "server_error", "code": exc.code}
             yield "data: " + json.dumps({"error": error}) + "\n\n"
             return
-        await group.record(deps.spool, texts, versions)
+        await group.record(deps.spool, texts, versions, samplings)
         yield chunk(
             {
                 "choices": [],

@@ -11,10 +11,12 @@ version there; TGI and vLLM put their own build, which is then what gets recorde
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
+
+from services.common.chat_contract import candidate_seed
 
 
 class EngineFailed(Exception):
@@ -32,6 +34,13 @@ class Sampling:
     top_p: float | None
     seed: int | None
     stop: list[str] | None
+
+    def for_candidate(self, index: int) -> Sampling:
+        """Candidate ``index`` of a request: candidates must differ, so each gets its
+        candidate seed (services/common/chat_contract.py)."""
+        if self.seed is None or index == 0:
+            return self
+        return replace(self, seed=candidate_seed(self.seed, index))
 
     def as_kwargs(self) -> dict:
         return {

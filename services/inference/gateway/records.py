@@ -31,23 +31,14 @@ def interactions(
     versions: list[str],
     group: str,
     conversation_id: str,
-    sampling: Sampling,
+    samplings: list[Sampling],
     api_key_id: str,
     feedback_token: str,
 ) -> list[feedback_pb2.Interaction]:
-    """One Interaction per served answer of a group (all sharing the feedback token)."""
+    """One Interaction per served answer of a group (all sharing the feedback token), each
+    with the sampling settings its answer was generated with."""
     served_at = Timestamp()
     served_at.FromDatetime(datetime.now(UTC))
-    params = common_pb2.SamplingParams(
-        temperature=1.0 if sampling.temperature is None else sampling.temperature,
-        top_p=1.0 if sampling.top_p is None else sampling.top_p,
-        max_new_tokens=sampling.max_tokens or 0,
-        do_sample=sampling.temperature != 0.0,  # OpenAI: temperature 0 is greedy
-        stop=sampling.stop or [],
-        repetition_penalty=1.0,
-    )
-    if sampling.seed is not None:
-        params.seed = sampling.seed
     prompt = [common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
     return [
         feedback_pb2.Interaction(
@@ -59,12 +50,26 @@ def interactions(
             candidate_index=index,
             candidate_count=len(answers),
             model_version=version,
-            sampling=params,
+            sampling=_sampling_params(sampling),
             api_key_id=api_key_id,
             feedback_token=feedback_token,
             created_at=served_at,
         )
-        for index, (answer, response_id, version) in enumerate(
-            zip(answers, response_ids, versions, strict=True)
+        for index, (answer, response_id, version, sampling) in enumerate(
+            zip(answers, response_ids, versions, samplings, strict=True)
         )
     ]
+
+
+def _sampling_params(sampling: Sampling) -> common_pb2.SamplingParams:
+    params = common_pb2.SamplingParams(
+        temperature=1.0 if sampling.temperature is None else sampling.temperature,
+        top_p=1.0 if sampling.top_p is None else sampling.top_p,
+        max_new_tokens=sampling.max_tokens or 0,
+        do_sample=sampling.temperature != 0.0,  # OpenAI: temperature 0 is greedy
+        stop=sampling.stop or [],
+        repetition_penalty=1.0,
+    )
+    if sampling.seed is not None:
+        params.seed = sampling.seed
+    return params

@@ -17,7 +17,6 @@ from services.common.revocations import RevocationPublisher
 from services.inference.gateway import chat
 from services.inference.gateway.app import create_app
 from services.inference.gateway.engine_client import EngineClient
-from services.inference.gateway.metrics import watch_spool
 from services.inference.gateway.rate_limit import RateLimiter
 from services.inference.gateway.recorder import InteractionRecorder
 from services.inference.gateway.reward_client import RewardClient
@@ -39,6 +38,7 @@ class GatewayServer:
             spool=self.spool,
             max_messages=settings.max_messages,
             max_n=settings.max_n,
+            default_max_tokens=settings.default_max_tokens,
         )
         self.revocations = RevocationPublisher(
             self.keys.revoked_ids,
@@ -52,7 +52,6 @@ class GatewayServer:
         )
 
     def start(self) -> None:
-        watch_spool(self.spool)
         self.revocations.start()
         self.recorder.start()
         self.http.start()

@@ -63,6 +63,12 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = Field(1 * MiB, gt=0, description="Largest HTTP request body.")
     max_messages: int = Field(100, gt=0, description="Most messages in one chat request.")
     max_n: int = Field(8, ge=1, description="Most candidates (`n`) in one chat request.")
+    default_max_tokens: int = Field(
+        100,
+        ge=1,
+        description="max_tokens sent to the engine when a request names none (always sent, so "
+        "the recorded value is the one in effect whatever the engine's own default).",
+    )
     recorder_batch: int = Field(
         64, gt=0, description="Most spooled records sent to the feedback service in one round."
     )

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.inference.engine.server import EngineServer
-from tests.conftest import internal_channel
+from tests.harness import internal_channel
 from tests.inference.inference_helpers import engine_settings
 
 

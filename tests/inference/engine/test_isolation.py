@@ -15,18 +15,12 @@ import pytest
 
 from services.inference.engine.sampling import SamplingParams
 from services.inference.engine.scheduler import Failed, GenerationStream
+from tests.harness import wait_for
 
 
 @pytest.fixture
 def engine_overrides():
     return {"stall_timeout_s": 1.0, "max_batch_size": 4}
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def greedy_text(client: httpx.Client, prompt: str) -> str:

@@ -4,12 +4,12 @@ still alive and ready."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
 
 from services.inference.engine import metrics
+from tests.harness import wait_for
 
 
 @pytest.fixture
@@ -23,13 +23,6 @@ def long_request(engine, results, index, tokens=400):
             "/generate", json={"inputs": "Go on", "parameters": {"max_new_tokens": tokens}}
         )
     results[index] = response
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_past_max_concurrent_requests_answers_429_and_stays_alive(engine):

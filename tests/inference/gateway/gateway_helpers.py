@@ -3,10 +3,7 @@ records them."""
 
 from __future__ import annotations
 
-import socket
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -15,7 +12,7 @@ from services.common.credentials import api_key_id, new_api_key, new_feedback_to
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.feedback.server import FeedbackServer
 from services.feedback.settings import FeedbackSettings
-from tests.conftest import internal_channel
+from tests.harness import internal_channel
 
 
 class FeedbackHarness:
@@ -90,17 +87,3 @@ def make_interaction(
     )
     values.update(fields)
     return feedback_pb2.Interaction(**values)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

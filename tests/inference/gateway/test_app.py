@@ -9,8 +9,8 @@ import pytest
 
 from services.common.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
+from tests.harness import free_port, wait_for
 from tests.inference.gateway.conftest import gateway_settings
-from tests.inference.gateway.gateway_helpers import free_port, wait_for
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
@@ -42,6 +42,35 @@ def test_n_candidates_form_one_group(stack, feedback):
     stored = [feedback.get(i) for i in ids]
     assert {s.candidate_group for s in stored} == {reply.model_extra["flywheel"]["candidate_group"]}
     assert [s.candidate_index for s in stored] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_candidate_is_recorded_with_the_sampling_in_effect(stack, feedback, stream):
+    """Candidate i samples with seed + i; with no max_tokens the gateway's default is sent
+    to the engine, and that is what the record says."""
+    reply = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, n=3, seed=7, temperature=0.8, stream=stream
+    )
+    if stream:
+        chunks = list(reply)
+        ids = chunks[-1].model_extra["flywheel"]["response_ids"]
+    else:
+        ids = [c.model_extra["response_id"] for c in reply.choices]
+    wait_for(lambda: feedback.interaction_count() == 3, what="three records")
+    stored = [feedback.get(i).sampling for i in ids]
+    assert [s.seed for s in stored] == [7, 8, 9]
+    assert {s.max_new_tokens for s in stored} == {stack.settings.default_max_tokens}
+    assert {round(s.temperature, 3) for s in stored} == {0.8}
+
+
+def test_best_of_records_the_seed_of_the_answer_it_returns(stack, feedback):
+    reply = stack.client().chat.completions.create(
+        model="policy", messages=MESSAGES, seed=40, max_tokens=4, extra_body={"best_of": 3}
+    )
+    chosen = reply.model_extra["flywheel"]["best_of"]["chosen"]
+    wait_for(lambda: feedback.interaction_count() == 1, what="the record")
+    stored = feedback.get(reply.choices[0].model_extra["response_id"])
+    assert stored.sampling.seed == 40 + chosen and stored.sampling.max_new_tokens == 4
 
 
 def test_streaming_through_the_gateway(stack, feedback):

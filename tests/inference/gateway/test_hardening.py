@@ -10,7 +10,7 @@ import pytest
 
 from services.common.api_keys import ApiKeyStore
 from services.common.credentials import api_key_id
-from tests.inference.gateway.gateway_helpers import wait_for
+from tests.harness import wait_for
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 

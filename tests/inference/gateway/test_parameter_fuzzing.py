@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.harness import wait_for
 from tests.inference.engine.test_parameter_fuzzing import (
     CHAOS_ONLY_CHAT,
     FUZZ,
@@ -19,7 +20,6 @@ from tests.inference.engine.test_parameter_fuzzing import (
     parameters,
     post_raw,
 )
-from tests.inference.gateway.gateway_helpers import wait_for
 from tests.schema_fuzzing import fuzz_api
 
 GATEWAY_CHAT = parameters(

@@ -20,7 +20,7 @@ from services.inference.gateway.rate_limit import (
     retry_after_header,
 )
 from services.inference.gateway.settings import GatewaySettings
-from tests.inference.gateway.gateway_helpers import free_port
+from tests.harness import free_port
 
 PER_MINUTE_60 = RateLimitPolicy(requests_per_minute=60, burst=3)
 

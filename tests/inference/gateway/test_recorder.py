@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from services.common.generated.flywheel.v1 import feedback_pb2
 from services.inference.gateway.recorder import InteractionRecorder
 from services.inference.gateway.spool import InteractionSpool
-from tests.conftest import SERVICE_TOKEN
-from tests.inference.gateway.gateway_helpers import FeedbackHarness, make_interaction, wait_for
+from tests.harness import SERVICE_TOKEN, wait_for
+from tests.inference.gateway.gateway_helpers import FeedbackHarness, make_interaction
 
 REPO = Path(__file__).resolve().parents[3]
 
