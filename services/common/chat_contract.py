@@ -7,9 +7,10 @@ API, so a request one of them accepts is never refused by the other for these re
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 ChatRole = Literal["system", "user", "assistant"]
+CHAT_ROLES: tuple[str, ...] = get_args(ChatRole)
 
 # Seeds are unsigned 64-bit (TGI's u64; a torch.Generator takes [0, 2^64)).
 MAX_SEED = 2**64 - 1

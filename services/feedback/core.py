@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from services.common.credentials import token_matches
 from services.common.revocations import RevokedKeys
 from services.feedback import metrics
-from services.feedback.errors import Refused
+from services.feedback.errors import RefusalKind, Refused
 from services.feedback.relay import OutboxRelay
 from services.feedback.settings import FeedbackSettings
 from services.feedback.store import database, export, feedback, interactions, outbox
@@ -105,17 +105,21 @@ class FeedbackCore:
         if credential.api_key_id is not None:
             if credential.api_key_id != api_key_id:
                 raise Refused(
-                    403,
+                    RefusalKind.FORBIDDEN,
                     "not_your_response",
                     "this belongs to another API key; only the key "
                     "that received an answer (or its feedback token) may read it",
                 )
         elif credential.feedback_token is not None:
             if not any(token_matches(credential.feedback_token, h) for h in token_hashes):
-                raise Refused(403, "invalid_feedback_token", "the feedback token does not match")
+                raise Refused(
+                    RefusalKind.FORBIDDEN,
+                    "invalid_feedback_token",
+                    "the feedback token does not match",
+                )
         else:
             raise Refused(
-                401,
+                RefusalKind.UNAUTHENTICATED,
                 "unauthenticated",
                 "send the API key (Authorization: Bearer ...) or the feedback token "
                 "(X-Feedback-Token)",
@@ -128,7 +132,7 @@ class FeedbackCore:
             row = interactions.get(conn, response_id)
         if row is None:
             raise Refused(
-                404,
+                RefusalKind.NOT_FOUND,
                 "unknown_response",
                 "no answer was served with this id",
                 response_id=response_id,
@@ -142,7 +146,10 @@ class FeedbackCore:
             found = feedback.get_event(conn, event_id)
             if found is None:
                 raise Refused(
-                    404, "unknown_feedback", "no feedback event has this id", event_id=event_id
+                    RefusalKind.NOT_FOUND,
+                    "unknown_feedback",
+                    "no feedback event has this id",
+                    event_id=event_id,
                 )
             group = interactions.group_members(RawSql(conn), found["row"]["candidate_group"])
         self._check_reader(
@@ -174,7 +181,7 @@ class FeedbackCore:
         until = now if until is None or until > now else until
         if since is not None and since >= until:
             raise Refused(
-                400,
+                RefusalKind.BAD_WINDOW,
                 "empty_window",
                 "since must be before until",
                 since=since.isoformat(),

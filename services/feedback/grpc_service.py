@@ -11,30 +11,21 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.chat_contract import CHAT_ROLES
 from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.common.grpc_errors import invalid_argument
 from services.feedback import metrics
 from services.feedback.core import FeedbackCore
-from services.feedback.errors import Refused, StorageUnavailable
+from services.feedback.errors import GRPC_CODE, RefusalKind, Refused, StorageUnavailable
 from services.feedback.store.interactions import NewInteraction
 
 log = logging.getLogger(__name__)
 
 _ID_MAX = 64
-_ROLES = ("system", "user", "assistant", "tool")
 _SOURCES = {
     "ranking": feedback_pb2.FEEDBACK_KIND_RANKING,
     "thumb": feedback_pb2.FEEDBACK_KIND_THUMBS,
     "pairwise": feedback_pb2.FEEDBACK_KIND_PAIRWISE,
-}
-_STATUS_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    410: grpc.StatusCode.FAILED_PRECONDITION,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -68,8 +59,8 @@ def _check_interaction(i: feedback_pb2.Interaction) -> list[tuple[str, str]]:
     if not i.messages:
         problems.append(("interaction.messages", "the prompt needs at least one message"))
     for n, message in enumerate(i.messages):
-        if message.role not in _ROLES:
-            problems.append((f"interaction.messages[{n}].role", f"one of {', '.join(_ROLES)}"))
+        if message.role not in CHAT_ROLES:
+            problems.append((f"interaction.messages[{n}].role", f"one of {', '.join(CHAT_ROLES)}"))
     count = i.candidate_count or 1
     if i.candidate_count < 0 or not 0 <= i.candidate_index < count:
         problems.append(
@@ -136,12 +127,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
     def _fail(self, context: grpc.ServicerContext, error: Exception):
         if isinstance(error, Refused):
-            if error.status in (400, 422):
+            if error.kind in (RefusalKind.INVALID, RefusalKind.BAD_WINDOW):
                 context.abort_with_status(invalid_argument([(error.code, error.message)]))
-            context.abort(
-                _STATUS_CODES.get(error.status, grpc.StatusCode.FAILED_PRECONDITION),
-                f"{error.code}: {error.message}",
-            )
+            context.abort(GRPC_CODE[error.kind], f"{error.code}: {error.message}")
         if isinstance(error, StorageUnavailable):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {error}")
         raise error

@@ -7,13 +7,13 @@ import time
 
 import grpc
 
+from services.common.chat_contract import CHAT_ROLES
 from services.common.generated.flywheel.v1 import reward_pb2, reward_pb2_grpc
 from services.common.grpc_errors import invalid_argument
 from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, Overloaded
 from services.reward.scorer import NotLoaded, RewardScorer, TooLong
 
-_ROLES = ("system", "user", "assistant", "tool")
 _NO_DEADLINE_S = 365 * 24 * 3600
 
 
@@ -22,8 +22,8 @@ def _problems(request: reward_pb2.ScoreRequest, prefix: str) -> list[tuple[str, 
     if not request.prompt:
         problems.append((f"{prefix}prompt", "the prompt needs at least one message"))
     for n, message in enumerate(request.prompt):
-        if message.role not in _ROLES:
-            problems.append((f"{prefix}prompt[{n}].role", f"one of {', '.join(_ROLES)}"))
+        if message.role not in CHAT_ROLES:
+            problems.append((f"{prefix}prompt[{n}].role", f"one of {', '.join(CHAT_ROLES)}"))
     if not request.answers:
         problems.append((f"{prefix}answers", "at least one answer to score"))
     return problems

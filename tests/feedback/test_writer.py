@@ -8,7 +8,7 @@ from concurrent.futures import wait
 import pytest
 import sqlalchemy as sa
 
-from services.feedback.errors import Refused, StorageUnavailable
+from services.feedback.errors import RefusalKind, Refused, StorageUnavailable
 from services.feedback.store import database
 from services.feedback.writer import StoreWriter
 
@@ -56,7 +56,7 @@ def test_a_refused_or_failing_request_leaves_nothing_and_spoils_nothing(engine):
     writer.start()
 
     def refused(conn, now):  # write functions refuse before their first write
-        raise Refused(409, "nope", "refused")
+        raise Refused(RefusalKind.CONFLICT, "nope", "refused")
 
     def fails_half_way(conn, now):
         conn.execute(notes.insert().values(text="half-done"))

@@ -38,7 +38,8 @@ _ERRORS = {
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse(Refused(status, code, message, **details).to_json(), status_code=status)
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status)
 
 
 def create_app(core: FeedbackCore) -> ASGIApp:

@@ -17,11 +17,12 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.common.api_keys import bearer_token
 from services.common.credentials import api_key_id
 from services.feedback import metrics
 from services.feedback.api.schemas import FeedbackRequest, RankingFeedback, ThumbFeedback
 from services.feedback.core import FeedbackCore
-from services.feedback.errors import Refused, StorageUnavailable
+from services.feedback.errors import RefusalKind, Refused, StorageUnavailable
 from services.feedback.store.feedback import Credential, FeedbackCommand
 
 FEEDBACK_PATH = "/v1/feedback"
@@ -31,10 +32,14 @@ _JSON = (b"content-type", b"application/json")
 
 def credential(authorization: str | None, feedback_token: str | None) -> Credential:
     if authorization:
-        scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Refused(401, "bad_authorization", "use 'Authorization: Bearer <API key>'")
-        return Credential(api_key_id=api_key_id(secret.strip()))
+        secret = bearer_token(authorization)
+        if secret is None:
+            raise Refused(
+                RefusalKind.UNAUTHENTICATED,
+                "bad_authorization",
+                "use 'Authorization: Bearer <API key>'",
+            )
+        return Credential(api_key_id=api_key_id(secret))
     if feedback_token:
         return Credential(feedback_token=feedback_token)
     return Credential()
@@ -46,7 +51,7 @@ def _command(
     payload = body.model_dump(exclude={"kind", "client_event_id", "feedback_token"})
     if isinstance(body, ThumbFeedback) and body.comment and len(body.comment) > max_comment:
         raise Refused(
-            422,
+            RefusalKind.INVALID,
             "comment_too_long",
             f"comments are at most {max_comment} characters",
             length=len(body.comment),
@@ -56,7 +61,7 @@ def _command(
         size = sum(len(tier) for tier in body.ranking)
         if size > max_k:
             raise Refused(
-                422,
+                RefusalKind.INVALID,
                 "ranking_too_long",
                 f"a ranking orders at most {max_k} answers",
                 size=size,
@@ -97,7 +102,10 @@ def validation_problems(errors: list[dict], prefix: tuple = ("body",)) -> list[d
 
 def invalid_request(problems: list[dict]) -> Refused:
     return Refused(
-        422, "invalid_request", "the request does not match the API schema", errors=problems
+        RefusalKind.INVALID,
+        "invalid_request",
+        "the request does not match the API schema",
+        errors=problems,
     )
 
 
@@ -145,7 +153,7 @@ class Edge:
 
     def _too_large(self) -> tuple[int, dict, dict]:
         refused = Refused(
-            413,
+            RefusalKind.TOO_LARGE,
             "body_too_large",
             f"request bodies are at most {self.max_body_bytes} bytes",
             limit=self.max_body_bytes,
@@ -161,7 +169,10 @@ class Edge:
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
                 raise Refused(
-                    413, "body_too_large", "request body too large", limit=self.max_body_bytes
+                    RefusalKind.TOO_LARGE,
+                    "body_too_large",
+                    "request body too large",
+                    limit=self.max_body_bytes,
                 )
             return message
 
@@ -199,7 +210,9 @@ class Edge:
         except Refused as refused:
             return refused.status, refused.to_json(), {}
         except StorageUnavailable:
-            refused = Refused(503, "storage_unavailable", "the store could not commit; retry")
+            refused = Refused(
+                RefusalKind.UNAVAILABLE, "storage_unavailable", "the store could not commit; retry"
+            )
             return refused.status, refused.to_json(), {"Retry-After": "1"}
 
     @staticmethod

@@ -22,11 +22,12 @@ from pydantic_core import to_json
 
 from services.common.credentials import token_matches
 from services.feedback import comparisons as derive
-from services.feedback.errors import Refused
+from services.feedback.errors import RefusalKind, Refused
 from services.feedback.store import interactions as served_answers
 from services.feedback.store.interactions import Served, ServedCache
-from services.feedback.store.rawsql import RawSql
+from services.feedback.store.rawsql import RawSql, insert_sql
 from services.feedback.store.tables import comparisons, feedback_events
+from services.feedback.store.tables import outbox as outbox_table
 
 Kind = Literal["thumb", "ranking", "pairwise"]
 
@@ -97,7 +98,7 @@ def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, st
         foreign = [a.response_id for a in answers if a.api_key_id != credential.api_key_id]
         if foreign:
             raise Refused(
-                403,
+                RefusalKind.FORBIDDEN,
                 "not_your_response",
                 "these answers were served to another API key; only the key that received "
                 "an answer (or its feedback token) may rate it",
@@ -112,14 +113,14 @@ def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, st
         ]
         if bad:
             raise Refused(
-                403,
+                RefusalKind.FORBIDDEN,
                 "invalid_feedback_token",
                 "the feedback token does not belong to the group of these answers",
                 response_ids=bad,
             )
         return answers[0].api_key_id, "feedback_token"
     raise Refused(
-        401,
+        RefusalKind.UNAUTHENTICATED,
         "unauthenticated",
         "send the API key that received the answer (Authorization: Bearer ...) or the "
         "feedback token that came with it (X-Feedback-Token header or feedback_token field)",
@@ -129,7 +130,7 @@ def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, st
 def check_not_revoked(key_id: str, revoked: Container[str]) -> None:
     if key_id in revoked:
         raise Refused(
-            401,
+            RefusalKind.UNAUTHENTICATED,
             "revoked_api_key",
             "the API key these answers were served to has been revoked; its feedback tokens "
             "are void too",
@@ -140,7 +141,7 @@ def _check_window(answers: list[Served], now: datetime, ttl: timedelta) -> None:
     expired = [a.response_id for a in answers if now - a.created_at > ttl]
     if expired:
         raise Refused(
-            410,
+            RefusalKind.EXPIRED,
             "feedback_window_closed",
             f"feedback is accepted for {ttl.total_seconds():.0f} s after an answer is served",
             response_ids=expired,
@@ -152,7 +153,7 @@ def _one_group(answers: list[Served]) -> str:
     groups = sorted({a.candidate_group for a in answers})
     if len(groups) != 1:
         raise Refused(
-            422,
+            RefusalKind.INVALID,
             "mixed_candidate_groups",
             "rankings and pairwise votes compare answers to the same prompt (one candidate group)",
             candidate_groups=groups,
@@ -166,7 +167,7 @@ def _check_ranking(sql: RawSql, command: FeedbackCommand, group: str) -> None:
     expected = members[0].candidate_count
     if len(members) < expected:
         raise Refused(
-            409,
+            RefusalKind.CONFLICT,
             "group_incomplete",
             f"only {len(members)} of the {expected} answers of this group are recorded yet; "
             "retry shortly",
@@ -175,7 +176,7 @@ def _check_ranking(sql: RawSql, command: FeedbackCommand, group: str) -> None:
     missing = sorted({m.response_id for m in members} - set(ranked))
     if missing:
         raise Refused(
-            422,
+            RefusalKind.INVALID,
             "ranking_incomplete",
             "a ranking must place every candidate of the group",
             missing=missing,
@@ -209,7 +210,7 @@ def _replay(
     event_id, request_sha256 = found
     if request_sha256 != command.request_sha256():
         raise Refused(
-            409,
+            RefusalKind.CONFLICT,
             "client_event_id_reused",
             "this client_event_id was already used for a different feedback request",
             client_event_id=command.client_event_id,
@@ -257,22 +258,9 @@ def _derive_pairs(
     )
 
 
-_INSERT_EVENT = (
-    "INSERT INTO feedback_events (id, kind, rater_key_id, via, client_event_id, request_sha256, "
-    "subject, candidate_group, payload, thumb_value, model_version, replaces, replaced_by, "
-    "recorded_at) VALUES (:id, :kind, :rater_key_id, :via, :client_event_id, :request_sha256, "
-    ":subject, :candidate_group, :payload, :thumb_value, :model_version, :replaces, "
-    ":replaced_by, :recorded_at)"
-)
-_INSERT_REVISION = (
-    "INSERT INTO comparisons (id, comparison_id, source, rater_key_id, candidate_group, "
-    "candidates, pairs, pair_count, event_id, recorded_at, superseded_at) VALUES (:id, "
-    ":comparison_id, :source, :rater_key_id, :candidate_group, :candidates, :pairs, "
-    ":pair_count, :event_id, :recorded_at, NULL)"
-)
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (event_id, message, created_at) VALUES (:event_id, :message, :created_at)"
-)
+_INSERT_EVENT = insert_sql(feedback_events)
+_INSERT_REVISION = insert_sql(comparisons, omit=("superseded_at",))
+_INSERT_OUTBOX = insert_sql(outbox_table, omit=("id",))
 
 
 def _revise_comparison(
@@ -334,14 +322,20 @@ def apply(
     duplicates = sorted({r for r in wanted if wanted.count(r) > 1})
     if duplicates:
         raise Refused(
-            422, "duplicate_response", "each answer may appear once", response_ids=duplicates
+            RefusalKind.INVALID,
+            "duplicate_response",
+            "each answer may appear once",
+            response_ids=duplicates,
         )
     sql = RawSql(conn)
     known = served_answers.served(sql, wanted, cache)
     unknown = [r for r in wanted if r not in known]
     if unknown:
         raise Refused(
-            404, "unknown_response", "no answer was served with these ids", response_ids=unknown
+            RefusalKind.NOT_FOUND,
+            "unknown_response",
+            "no answer was served with these ids",
+            response_ids=unknown,
         )
     answers = [known[r] for r in wanted]
     rater, via = _authorise(command, answers)

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.common.credentials import token_hash
-from services.feedback.errors import Refused
+from services.feedback.errors import RefusalKind, Refused
 from services.feedback.store.rawsql import RawSql, in_list, in_params
 from services.feedback.store.tables import interactions
 
@@ -92,7 +92,7 @@ def record(conn: sa.Connection, new: NewInteraction, now: datetime) -> bool:
     if existing is not None:
         if existing != digest:
             raise Refused(
-                409,
+                RefusalKind.CONFLICT,
                 "response_id_conflict",
                 f"response_id {new.response_id!r} is already recorded with different content",
                 response_id=new.response_id,
@@ -106,7 +106,7 @@ def record(conn: sa.Connection, new: NewInteraction, now: datetime) -> bool:
     ).scalar()
     if taken is not None:
         raise Refused(
-            409,
+            RefusalKind.CONFLICT,
             "candidate_index_taken",
             f"candidate {new.candidate_index} of group {new.candidate_group!r} is already "
             f"recorded as {taken!r}",

@@ -32,6 +32,17 @@ def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
 
 
+def insert_sql(table: sa.Table, *, omit: Sequence[str] = ()) -> str:
+    """``INSERT INTO table (every column) VALUES (:every column)``, built from the table's
+    definition (so the column list lives in one place); ``omit`` leaves columns to their
+    defaults (NULL, autoincrement)."""
+    names = [column.name for column in table.columns if column.name not in omit]
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(':' + name for name in names)})"
+    )
+
+
 @functools.cache
 def in_list(prefix: str, count: int) -> str:
     """``:p0, :p1, ...`` for an IN list of ``count`` values (see :func:`in_params`)."""
