@@ -9,8 +9,8 @@ from dataclasses import asdict
 
 import redis
 
-from services.cli.announce import announce_promotion
 from services.cli.settings import CliSettings
+from services.common.promotions import announce_promotion
 from services.common.registry import ROLES, ModelRegistry, VersionInfo, parse_ref
 
 

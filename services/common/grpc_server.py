@@ -9,7 +9,10 @@ Typical use::
     server.start()
     scorer.load_weights()        # alive (health answers) but not ready until this is done
     server.set_serving(True)
-    server.serve_forever(drain_timeout=20)   # returns after SIGTERM/SIGINT and a drain
+    ...
+    server.stop(drain_timeout=20)            # NOT_SERVING, refuse new calls, drain, cancel
+
+Processes run it as one Part of their services.common.runtime.ServiceProcess.
 
 Handlers should honour cancellation (``context.is_active()``, ``context.add_callback``): after
 the drain timeout in-flight calls are cancelled, but Python cannot interrupt a thread, and a
@@ -19,8 +22,6 @@ handler that never returns keeps the process alive until it does.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
@@ -57,13 +58,12 @@ DEFAULT_OPTIONS: dict[str, int] = {
 # How long to wait for handlers to notice cancellation once the drain timeout has passed.
 _CANCEL_WAIT_S = 5.0
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GrpcServer:
-    """A sync ``grpc.server`` with health, reflection, channel defaults and signal-driven drain.
+    """A sync ``grpc.server`` with health, reflection, channel defaults and a graceful drain.
 
     Every call but health checks must present ``service_token`` (services/common/service_auth).
     ``host`` is where it listens: loopback by default; a pod listens on all interfaces.
@@ -86,8 +86,8 @@ class GrpcServer:
         )
         self._address = f"{host}:{port}"
         self._port = 0  # 0 until started
+        self._stopped = False
         self._names: list[str] = []
-        self._signal: int | None = None
         # Non-blocking Watch: a watching client does not hold one of the worker threads.
         self._health = health.HealthServicer(experimental_non_blocking=True)
         # The servicer starts with "" SERVING; a service is not ready until its caller says so.
@@ -124,6 +124,10 @@ class GrpcServer:
         log.info("grpc server started on port %d", self._port, extra={"port": self._port})
         return self._port
 
+    def alive(self) -> bool:
+        """Started and not stopped."""
+        return bool(self._port) and not self._stopped
+
     def set_serving(self, serving: bool = True) -> None:
         """Flip every health status (overall "" and each service) to SERVING or NOT_SERVING."""
         for name in ["", *self._names]:
@@ -141,35 +145,8 @@ class GrpcServer:
         if not done.wait(drain_timeout + _CANCEL_WAIT_S):
             log.warning("grpc handlers still running after cancellation; they ignore it")
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped = True
         log.info("grpc server stopped", extra={"port": self._port})
-
-    def serve_forever(self, drain_timeout: float) -> None:
-        """Start if needed, serve until SIGTERM or SIGINT, then drain and return.
-
-        Signal handlers can only be installed from the main thread; from any other thread this
-        just waits until someone else calls ``stop()``.
-        """
-        if not self._port:
-            self.start()
-        if threading.current_thread() is not threading.main_thread():
-            self._server.wait_for_termination()
-            return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
-        try:
-            # The handler only records the signal; the drain runs here, outside signal context,
-            # where taking locks cannot deadlock against the interrupted code. Short polls let
-            # the handler run; wait_for_termination returns False once the server is gone.
-            while self._signal is None:
-                if not self._server.wait_for_termination(timeout=0.05):
-                    return
-            log.info("received %s", signal.Signals(self._signal).name)
-            self.stop(drain_timeout)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signal = signum
 
     def _track(self, name: str) -> None:
         self._names.append(name)

@@ -8,10 +8,8 @@ and drains them on shutdown.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable
 
 import uvicorn
 
@@ -61,19 +59,3 @@ class HttpServerThread:
         """Stop taking requests and let those in flight finish within the drain timeout."""
         self._server.should_exit = True
         self._thread.join(self._drain_timeout_s + 5)
-
-
-def run_until_signal(
-    start: Callable[[], object], stop: Callable[[], object], healthy: Callable[[], bool]
-) -> None:
-    """A service process's main loop: ``start``, run until SIGTERM/SIGINT or until
-    ``healthy()`` turns false (a thread the service needs has died), then ``stop``."""
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stopping.set())
-    start()
-    while not stopping.wait(0.5):
-        if not healthy():
-            log.error("a thread the service needs exited unexpectedly; stopping")
-            break
-    stop()

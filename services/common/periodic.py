@@ -10,6 +10,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from services.common.retry import Outage
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +20,7 @@ class Periodic:
         self.name, self.interval_s, self.job = name, interval_s, job
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._failing = False
+        self._outage = Outage(log, name)
 
     def start(self) -> None:
         self._thread.start()
@@ -37,15 +39,9 @@ class Periodic:
         try:
             self.job()
         except Exception as error:
-            if not self._failing:
-                log.warning(
-                    "%s failing (%s); retrying every %.1f s", self.name, error, self.interval_s
-                )
-            self._failing = True
+            self._outage.failed(error)
             return False
-        if self._failing:
-            log.info("%s recovered", self.name)
-        self._failing = False
+        self._outage.recovered()
         return True
 
     def _run(self) -> None:

@@ -1,9 +1,10 @@
-"""Following promotions: call back when the promoted version of a role changes.
+"""Promotions: announcing that the promoted version of a role changed, and following it.
 
-Two paths, as services/cli/announce.py describes: the Redis channel (fast; a message per
-promote or rollback) and a periodic look at the registry (the truth; catches messages missed
-while Redis was down or the service was restarting). The callback gets the role's promoted
-version name and runs on the watcher's thread; it should be idempotent (ModelAdmin.Reload is).
+Two paths: the Redis channel (fast; :func:`announce_promotion` publishes a message per promote
+or rollback, best effort) and a periodic look at the registry (the truth; catches messages
+missed while Redis was down or the service was restarting). :class:`PromotionWatcher` calls
+back with the role's promoted version name on its own thread; the callback should be
+idempotent (ModelAdmin.Reload is).
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ import redis
 
 from services.common.redis_names import MODEL_PROMOTIONS_CHANNEL
 from services.common.registry import ModelRegistry
+from services.common.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
+
+
+def announce_promotion(redis_url: str, role: str, version: str, action: str) -> int:
+    """Publish the change; returns how many subscribers received it. Raises on Redis errors
+    (callers treat it as best effort: the registry's state file is the truth)."""
+    message = json.dumps({"role": role, "version": version, "action": action})
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return int(client.publish(MODEL_PROMOTIONS_CHANNEL, message))
+    finally:
+        client.close()
 
 
 class PromotionWatcher:
@@ -55,24 +68,22 @@ class PromotionWatcher:
 
     def _listen(self) -> None:
         """Turn channel messages for our role into an immediate registry check."""
-        failing = False
+        backoff = Backoff(0.5, 5.0)
+        outage = Outage(log, "promotion channel (the registry poll goes on meanwhile)")
         while not self._stopping.is_set():
             client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(MODEL_PROMOTIONS_CHANNEL)
-                if failing:
-                    log.info("promotion channel reachable again")
-                    failing = False
+                outage.recovered()
+                backoff.succeeded()
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and json.loads(message["data"]).get("role") == self._role:
                         self._check.set()
             except (redis.RedisError, OSError, ValueError) as error:
-                if not failing:  # once per outage, not every retry
-                    log.warning("promotion channel unavailable (%s); polling the registry", error)
-                    failing = True
-                self._stopping.wait(2.0)
+                outage.failed(error)
+                self._stopping.wait(backoff.failed())
             finally:
                 client.close()
 

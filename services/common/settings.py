@@ -78,3 +78,23 @@ class ServiceSettings(BaseSettings):
     @property
     def model_store_dir(self) -> Path:
         return self.model_store if self.model_store is not None else self.data_dir / "models"
+
+
+class ModelServingSettings(ServiceSettings):
+    """Settings of a service that serves a registry version (the engine, the reward service),
+    read under the subclass's prefix (FLYWHEEL_ENGINE_DEVICE, FLYWHEEL_REWARD_DEVICE, ...)."""
+
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Matmul precision: 'auto' takes bf16 where the device has bf16 units "
+        "(GPUs; CPUs with AVX512-BF16 or AMX), else fp32 ('fp32' reproduces the trainer's "
+        "numbers to float rounding).",
+    )
+    version: str = Field("", description="Serve this version at start; empty: the promoted one.")
+    registry_poll_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the registry is checked for a new promoted version "
+        "(announcements on Redis switch at once; the poll catches missed ones).",
+    )

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
 
 from services.common.redis_names import FEEDBACK_EVENTS_STREAM, feedback_delivered_key
+from services.common.retry import Backoff, Outage
 from services.feedback import metrics
 from services.feedback.store import outbox
 
@@ -108,26 +108,18 @@ class OutboxRelay:
         return len(pending)
 
     def _run(self) -> None:
-        backoff = 0.0
-        failing_since: float | None = None
+        backoff = Backoff(0.1, self._max_backoff_s)
+        outage = Outage(log, "outbox relay delivery")
         while not self._stopping.is_set():
             try:
                 handled = self.deliver_once()
             except Exception as error:
                 metrics.OUTBOX_ERRORS.inc()
-                now = time.monotonic()
-                if failing_since is None:
-                    failing_since = now
-                    log.warning("outbox relay cannot deliver, will retry: %s", error)
-                backoff = min(self._max_backoff_s, max(0.1, backoff * 2))
-                self._stopping.wait(backoff)
+                outage.failed(error)
+                self._stopping.wait(backoff.failed())
                 continue
-            if failing_since is not None:
-                log.info(
-                    "outbox relay delivering again after %.1f s", time.monotonic() - failing_since
-                )
-                failing_since = None
-            backoff = 0.0
+            outage.recovered()
+            backoff.succeeded()
             if handled < self._batch_size:
                 self._wake.wait(self._idle_poll_s)
                 self._wake.clear()

@@ -15,8 +15,9 @@ import redis
 
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.common.grpc_server import GrpcServer
-from services.common.http_server import HttpServerThread, run_until_signal
+from services.common.http_server import HttpServerThread
 from services.common.metrics import set_build_info
+from services.common.runtime import Part, ServiceProcess
 from services.feedback.api.app import create_app
 from services.feedback.core import FeedbackCore, engine_url_for_logs
 from services.feedback.grpc_service import FeedbackServicer
@@ -44,6 +45,18 @@ class FeedbackServer:
         self._http = HttpServerThread(
             create_app(self.core), settings.http_host, settings.http_port, settings.drain_timeout_s
         )
+        drain = settings.drain_timeout_s
+        # Stopped in reverse: not ready, HTTP drained, gRPC drained, then the writer commits
+        # what it holds and the relay delivers what it can.
+        self.process = ServiceProcess(
+            "feedback service",
+            [
+                Part("store", self.core.start, self.core.stop),
+                Part("grpc", self._grpc.start, lambda: self._grpc.stop(drain), self._grpc.alive),
+                Part("http", self._http.start, self._http.stop, lambda: self._http.alive),
+                Part("ready", lambda: self._grpc.set_serving(True), self._not_serving),
+            ],
+        )
 
     @property
     def http_port(self) -> int:
@@ -53,11 +66,11 @@ class FeedbackServer:
     def grpc_port(self) -> int:
         return self._grpc.port
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.core.start()
-        self._grpc.start()
-        self._http.start(timeout)
-        self._grpc.set_serving(True)
+    def _not_serving(self) -> None:
+        self._grpc.set_serving(False)
+
+    def start(self) -> None:
+        self.process.start()
         log.info(
             "feedback service ready",
             extra={
@@ -68,14 +81,7 @@ class FeedbackServer:
         )
 
     def stop(self) -> None:
-        self._grpc.set_serving(False)
-        self._http.stop()
-        self._grpc.stop(self.settings.drain_timeout_s)
-        self.core.stop()
-        log.info("feedback service stopped")
-
-    def serve_until_signal(self) -> None:
-        run_until_signal(self.start, self.stop, healthy=lambda: self._http.alive)
+        self.process.stop()
 
 
 def serve(settings: FeedbackSettings | None = None) -> None:
@@ -86,4 +92,4 @@ def serve(settings: FeedbackSettings | None = None) -> None:
     # Everything imported and built so far lives as long as the process: keep it out of the
     # garbage collector's full passes, which otherwise pause request handling under load.
     gc.freeze()
-    server.serve_until_signal()
+    server.process.serve_until_signal()

@@ -17,10 +17,7 @@ def main() -> int:
     configure_logging("reward", settings.log_level, settings.log_format)
     set_build_info("reward")
     start_metrics_server(settings.metrics_port, settings.metrics_host)
-    server = RewardServer(settings)
-    server.start()
-    server.grpc.serve_forever(settings.drain_timeout_s)  # returns after SIGTERM and a drain
-    server.scorer.stop()
+    RewardServer(settings).process.serve_until_signal()
     return 0
 
 

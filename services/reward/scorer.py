@@ -16,7 +16,6 @@ version beside the old, switches new calls to it, and lets calls in flight finis
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -26,13 +25,14 @@ from datetime import UTC, datetime
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from services.common.model_host import ModelHost
 from services.common.model_loading import (
     default_dtype,
     load_tokenizer,
     pick_device,
     resolve_precision,
 )
-from services.common.registry import ModelRegistry
+from services.common.registry import ModelRegistry, VersionInfo
 from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, DynamicBatcher
 from services.rlhf.heads import ScalarHeadModel
@@ -92,8 +92,15 @@ class RewardScorer:
         self.precision = resolve_precision(precision, self._device)
         self._packed = packed
         self.max_tokens = max_tokens
-        self._current: ServedModel | None = None
-        self._reload_lock = threading.Lock()
+        self._host = ModelHost(
+            registry,
+            ROLE,
+            self._load,
+            metrics.SERVING,
+            describe=lambda served: (
+                f"{self.precision}, {'packed' if served.packed else 'padded batches'}"
+            ),
+        )
         self._batcher = DynamicBatcher(
             self._run_batch,
             max_batch=max_batch,
@@ -108,7 +115,7 @@ class RewardScorer:
 
     @property
     def current(self) -> ServedModel | None:
-        return self._current
+        return self._host.current
 
     def start(self) -> None:
         self._batcher.start()
@@ -122,35 +129,20 @@ class RewardScorer:
         Registry errors (unknown or corrupt version) propagate, and the old version keeps
         serving.
         """
-        with self._reload_lock:
-            previous = self._current.version if self._current else ""
-            info = self._registry.version_to_load(ROLE, version, serving=previous)
-            if info is None:
-                return previous, previous
-            started = time.perf_counter()
-            model = ScalarHeadModel.from_pretrained(
-                info.path, dtype=self._dtype, device=str(self._device)
-            )
-            model.eval()
-            tokenizer = load_tokenizer(info.path)
-            packed = None
-            if self._packed and supports_packing(model):
-                with self._autocast():
-                    packed = PackedScorer(model, chat_template_prefix(tokenizer))
-            self._current = ServedModel(info.version, model, tokenizer, datetime.now(UTC), packed)
-            if previous:
-                metrics.SERVING.labels(previous).set(0)
-            metrics.SERVING.labels(info.version).set(1)
-            metrics.RELOADS.inc()
-            log.info(
-                "reward model %s serving (was %s), loaded in %.1f s; %s, %s",
-                info.version,
-                previous or "none",
-                time.perf_counter() - started,
-                self.precision,
-                "packed" if packed else "padded batches",
-            )
-            return previous, info.version
+        return self._host.reload(version)
+
+    def _load(self, info: VersionInfo) -> ServedModel:
+        model = ScalarHeadModel.from_pretrained(
+            info.path, dtype=self._dtype, device=str(self._device)
+        )
+        model.eval()
+        tokenizer = load_tokenizer(info.path)
+        packed = None
+        if self._packed and supports_packing(model):
+            with self._autocast():
+                packed = PackedScorer(model, chat_template_prefix(tokenizer))
+        metrics.RELOADS.inc()
+        return ServedModel(info.version, model, tokenizer, datetime.now(UTC), packed)
 
     def _encode(
         self, served: ServedModel, prompt: Sequence[Message], answers: Sequence[str], call: int
@@ -173,7 +165,7 @@ class RewardScorer:
 
         Raises NotLoaded, TooLong, batcher.Overloaded or batcher.DeadlineExceeded.
         """
-        served = self._current
+        served = self._host.current
         if served is None:
             raise NotLoaded("no reward model is loaded yet")
         items, sizes = [], []

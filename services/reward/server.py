@@ -15,6 +15,7 @@ from services.common.grpc_server import GrpcServer
 from services.common.model_admin import ModelAdminServicer
 from services.common.promotions import PromotionWatcher
 from services.common.registry import ModelRegistry, VersionNotFoundError
+from services.common.runtime import Part, ServiceProcess
 from services.reward.grpc_service import RewardServicer
 from services.reward.scorer import ROLE, RewardScorer, ServedModel
 from services.reward.settings import RewardSettings
@@ -58,6 +59,16 @@ class RewardServer:
             ModelAdminServicer(ROLE, self),
             "flywheel.v1.ModelAdmin",
         )
+        drain = settings.drain_timeout_s
+        self.process = ServiceProcess(
+            "reward service",
+            [
+                Part("scorer", self.scorer.start, self.scorer.stop),
+                Part("grpc", self.grpc.start, lambda: self.grpc.stop(drain), self.grpc.alive),
+                Part("model", self._load_first_model),
+                Part("promotions", self.watcher.start, self.watcher.stop),
+            ],
+        )
 
     @property
     def current(self) -> ServedModel | None:
@@ -71,13 +82,13 @@ class RewardServer:
         return previous, current
 
     def start(self) -> int:
-        """Serve (not ready yet), load the model, then report ready; the bound port.
+        """Serve (not ready yet), load the model, then report ready; the bound port."""
+        self.process.start()
+        return self.grpc.port
 
-        With no version asked for and none promoted yet, stay up and NOT_SERVING: the
-        promotion watcher loads the first reward model when one is promoted.
-        """
-        self.scorer.start()
-        port = self.grpc.start()
+    def _load_first_model(self) -> None:
+        """With no version asked for and none promoted yet, stay up and NOT_SERVING: the
+        promotion watcher loads the first reward model when one is promoted."""
         try:
             self.reload(self.settings.version)
         except VersionNotFoundError:
@@ -87,8 +98,6 @@ class RewardServer:
                 "no reward model is promoted yet: waiting for one (health NOT_SERVING until "
                 "the trainer or `flywheel models promote` promotes a reward version)"
             )
-        self.watcher.start()
-        return port
 
     def _follow_promotion(self, version: str) -> None:
         previous, current = self.reload(version)
@@ -96,6 +105,4 @@ class RewardServer:
             log.info("followed a promotion: reward %s -> %s", previous or "none", current)
 
     def stop(self) -> None:
-        self.watcher.stop()
-        self.grpc.stop(self.settings.drain_timeout_s)
-        self.scorer.stop()
+        self.process.stop()

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from services.common.grpc_server import GrpcServer
+from services.common.runtime import Part, ServiceProcess
 from tests.harness import SERVICE_TOKEN, internal_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +185,16 @@ if __name__ == "__main__":  # the subprocess side of the drain tests
         "127.0.0.1", 0, service_token=os.environ["FLYWHEEL_SERVICE_TOKEN"], max_workers=4
     )
     grpc_server.add_generic_handler(slow_service(announce=True))
-    port = grpc_server.start()
-    grpc_server.set_serving(True)
-    print(port, flush=True)
-    grpc_server.serve_forever(drain_timeout=float(sys.argv[1]))
+    drain_timeout = float(sys.argv[1])
+
+    def ready() -> None:
+        grpc_server.set_serving(True)
+        print(grpc_server.port, flush=True)
+
+    ServiceProcess(
+        "drain test",
+        [
+            Part("grpc", grpc_server.start, lambda: grpc_server.stop(drain_timeout)),
+            Part("ready", ready),
+        ],
+    ).serve_until_signal(poll_s=0.05)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from services.cli.announce import announce_promotion
-from services.common.promotions import PromotionWatcher
+from services.common.promotions import PromotionWatcher, announce_promotion
 
 
 def _two_versions(model_store):

@@ -9,7 +9,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from services.cli.announce import announce_promotion
 from services.common.generated.flywheel.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -18,6 +17,7 @@ from services.common.generated.flywheel.v1 import (
     reward_pb2_grpc,
 )
 from services.common.grpc_errors import field_violations
+from services.common.promotions import announce_promotion
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from tests.harness import assert_refused_without_credential, internal_channel

@@ -16,7 +16,7 @@ def main() -> int:
     settings = EngineSettings()
     configure_logging("engine", settings.log_level, settings.log_format)
     set_build_info("engine")
-    EngineServer(settings).serve_until_signal()
+    EngineServer(settings).process.serve_until_signal()
     return 0
 
 

@@ -14,10 +14,11 @@ import torch
 
 from services.common.generated.flywheel.v1 import admin_pb2_grpc
 from services.common.grpc_server import GrpcServer
-from services.common.http_server import HttpServerThread, run_until_signal
+from services.common.http_server import HttpServerThread
 from services.common.model_admin import ModelAdminServicer
 from services.common.promotions import PromotionWatcher
 from services.common.registry import ModelRegistry
+from services.common.runtime import Part, ServiceProcess
 from services.inference.engine.app import create_app
 from services.inference.engine.policies import ROLE, PolicyHolder
 from services.inference.engine.runner import Runner
@@ -64,13 +65,28 @@ class EngineServer:
             poll_s=settings.registry_poll_s,
         )
 
+        drain = settings.drain_timeout_s
+        # HTTP first, so liveness answers and /health says 503 while the weights load.
+        self.process = ServiceProcess(
+            "engine",
+            [
+                Part("scheduler", self.scheduler.start, self.scheduler.stop, self._scheduler_alive),
+                Part("http", self.http.start, self.http.stop, lambda: self.http.alive),
+                Part("admin grpc", self.admin.start, lambda: self.admin.stop(drain)),
+                Part("model", lambda: self.policies.reload(settings.version)),
+                Part("ready", lambda: self.admin.set_serving(True), self._not_serving),
+                Part("promotions", self.watcher.start, self.watcher.stop),
+            ],
+        )
+
+    def _scheduler_alive(self) -> bool:
+        return self.scheduler.alive
+
+    def _not_serving(self) -> None:
+        self.admin.set_serving(False)
+
     def start(self) -> None:
-        self.scheduler.start()
-        self.http.start()
-        self.admin.start()
-        self.policies.reload(self.settings.version)
-        self.admin.set_serving(True)
-        self.watcher.start()
+        self.process.start()
         log.info(
             "engine ready",
             extra={"http_port": self.http.port, "admin_grpc_port": self.admin.port},
@@ -82,13 +98,4 @@ class EngineServer:
             log.info("followed a promotion: policy %s -> %s", previous, current)
 
     def stop(self) -> None:
-        self.watcher.stop()
-        self.admin.set_serving(False)
-        self.http.stop()
-        self.admin.stop(self.settings.drain_timeout_s)
-        self.scheduler.stop()
-
-    def serve_until_signal(self) -> None:
-        run_until_signal(
-            self.start, self.stop, healthy=lambda: self.http.alive and self.scheduler.alive
-        )
+        self.process.stop()

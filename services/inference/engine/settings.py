@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ModelServingSettings
 
 
-class EngineSettings(ServiceSettings):
+class EngineSettings(ModelServingSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_ENGINE_", extra="ignore")
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
@@ -22,19 +20,12 @@ class EngineSettings(ServiceSettings):
     admin_grpc_port: int = Field(
         50053, description="ModelAdmin (Reload, CurrentVersion; service credential)."
     )
-    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda:N'.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="Matmul precision: 'auto' takes bf16 where the device has bf16 units "
-        "(GPUs; CPUs with AVX512-BF16 or AMX), else fp32.",
-    )
     torch_threads: int = Field(
         0,
         ge=0,
         description="Threads torch computes with; 0: one per core. Lower it when other busy "
         "processes share the cores: a step waits for its slowest thread.",
     )
-    version: str = Field("", description="Serve this version at start; empty: the promoted one.")
     max_concurrent_requests: int = Field(
         128, gt=0, description="Queued + running requests past which new ones get 429."
     )
@@ -55,7 +46,4 @@ class EngineSettings(ServiceSettings):
         gt=0,
         description="Liveness turns red when requests wait or run but the scheduler has made "
         "no step for this long (longer than the slowest prefill of max_prefill_tokens).",
-    )
-    registry_poll_s: float = Field(
-        30.0, gt=0, description="How often the registry is checked for a new promoted policy."
     )

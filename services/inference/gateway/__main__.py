@@ -12,7 +12,7 @@ def main() -> int:
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
     set_build_info("gateway")
-    GatewayServer(settings).serve_until_signal()
+    GatewayServer(settings).process.serve_until_signal()
     return 0
 
 

@@ -22,7 +22,6 @@ while it backs off from an outage, so a burst of traffic does not hammer a servi
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from concurrent.futures import Future
@@ -31,6 +30,7 @@ import grpc
 
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.grpc_errors import field_violations
+from services.common.retry import Backoff
 from services.common.service_auth import service_channel
 from services.inference.gateway import metrics
 from services.inference.gateway.settings import GatewaySettings
@@ -107,7 +107,7 @@ class InteractionRecorder:
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
         # Outage bookkeeping (recorder thread only).
-        self._failures = 0  # consecutive failed rounds
+        self._backoff = Backoff(retry_initial_s, retry_max_s)  # counts consecutive failed rounds
         self._outage_since: float | None = None
         self._recovered_count: int | None = None  # delivered since the last recovery
         # Totals since start, for tests and `flywheel status`.
@@ -174,7 +174,7 @@ class InteractionRecorder:
                 records = self.spool.due(self.batch)
             except Exception:
                 log.exception("cannot read the spool")
-                self._failures += 1
+                self._backoff.failed()
                 self._back_off()
                 continue
             if not records:
@@ -187,7 +187,7 @@ class InteractionRecorder:
                 ok = self._deliver(records)
             except Exception:  # a bug or a broken disk: keep the thread alive, retry later
                 log.exception("recorder round failed")
-                self._failures += 1
+                self._backoff.failed()
                 ok = False
             if not ok:
                 if self._stop.is_set():
@@ -202,14 +202,9 @@ class InteractionRecorder:
         self._wake.wait(timeout)
         self._wake.clear()
 
-    def _retry_delay(self) -> float:
-        doublings = min(max(0, self._failures - 1), 30)  # capped: 2.0 ** 1024 overflows
-        base = min(self.retry_max_s, self.retry_initial_s * 2.0**doublings)
-        return base * random.uniform(0.5, 1.0)  # jitter: replicas do not retry in lockstep
-
     def _back_off(self) -> None:
         # Waits on _stop only: enqueues do not cut an outage's backoff short.
-        self._stop.wait(self._retry_delay())
+        self._stop.wait(self._backoff.delay())
 
     def _deliver(self, records: list[SpooledRecord]) -> bool:
         """Send one round; True if nothing failed transiently."""
@@ -245,8 +240,7 @@ class InteractionRecorder:
             self.spool.mark_delivered(delivered)
             self._count_delivered(len(delivered), created)
         if retry:
-            self._failures += 1
-            retry_at = time.time() + self._retry_delay()
+            retry_at = time.time() + self._backoff.failed()
             first_error = next(iter(errors.values()))
             self.spool.mark_failed_many([r.id for r in retry], first_error, retry_at)
             self._note_outage(errors, len(retry))
@@ -273,7 +267,7 @@ class InteractionRecorder:
             self._recovered_count = 0
             # Records held back during the outage need not wait out their backoff any more.
             self.spool.make_all_due()
-        self._failures = 0
+        self._backoff.succeeded()
         if self._recovered_count is not None:
             self._recovered_count += count
 

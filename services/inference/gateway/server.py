@@ -12,8 +12,9 @@ import logging
 import redis
 
 from services.common.api_keys import ApiKeyStore
-from services.common.http_server import HttpServerThread, run_until_signal
+from services.common.http_server import HttpServerThread
 from services.common.revocations import RevocationPublisher
+from services.common.runtime import Part, ServiceProcess
 from services.inference.gateway import chat
 from services.inference.gateway.app import create_app
 from services.inference.gateway.engine_client import EngineClient
@@ -51,22 +52,29 @@ class GatewayServer:
             app, settings.http_host, settings.http_port, settings.drain_timeout_s
         )
 
+        # Stopped in reverse: HTTP drains (answers in flight reach the spool), then the
+        # recorder gets the same time to deliver; what it cannot stays in the spool file.
+        self.process = ServiceProcess(
+            "gateway",
+            [
+                Part("spool", stop=self.spool.close),
+                Part("revocations", self.revocations.start, self.revocations.stop),
+                Part("recorder", self.recorder.start, self._stop_recorder),
+                Part("http", self.http.start, self.http.stop, lambda: self.http.alive),
+            ],
+        )
+
+    def _stop_recorder(self) -> None:
+        left = self.recorder.stop(self.settings.drain_timeout_s)
+        if left:
+            log.warning("%d answers wait in the spool for the feedback service", left)
+
     def start(self) -> None:
-        self.revocations.start()
-        self.recorder.start()
-        self.http.start()
+        self.process.start()
         log.info(
             "gateway ready",
             extra={"http_port": self.http.port, "spool_pending": self.spool.pending_count()},
         )
 
     def stop(self) -> None:
-        self.http.stop()
-        left = self.recorder.stop(self.settings.drain_timeout_s)
-        if left:
-            log.warning("%d answers wait in the spool for the feedback service", left)
-        self.revocations.stop()
-        self.spool.close()
-
-    def serve_until_signal(self) -> None:
-        run_until_signal(self.start, self.stop, healthy=lambda: self.http.alive)
+        self.process.stop()

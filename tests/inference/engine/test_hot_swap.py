@@ -10,8 +10,8 @@ import grpc
 import httpx
 import pytest
 
-from services.cli.announce import announce_promotion
 from services.common.generated.flywheel.v1 import admin_pb2, admin_pb2_grpc
+from services.common.promotions import announce_promotion
 from tests.inference.engine.test_tgi_protocol import reference_greedy
 
 PROMPTS = ["Swap one", "Swap two", "Swap three"]

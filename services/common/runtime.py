@@ -1,0 +1,90 @@
+"""The life cycle every service process shares: parts started in order, stopped in reverse.
+
+A service is a list of :class:`Part` s (an HTTP server thread, a gRPC server, a scheduler,
+"load the model", "report ready"...). :class:`ServiceProcess` starts them in order; if one
+fails, those already started are stopped again, newest first, and the error propagates. It
+stops them in reverse order (each within its own deadline; one that fails to stop is logged
+and the rest still stop), and it is alive while every part is. ``serve_until_signal`` is the
+one main loop: start, run until SIGTERM/SIGINT or until a part dies, stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass
+class Part:
+    """One piece of a service's life cycle: what starting it does, what stopping it does (its
+    own deadline included), and how to tell it still runs."""
+
+    name: str
+    start: Callable[[], object] = _nothing
+    stop: Callable[[], object] = _nothing
+    alive: Callable[[], bool] = _always
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    parts: list[Part]
+    _started: list[Part] = field(default_factory=list, init=False)
+
+    def start(self) -> None:
+        for part in self.parts:
+            try:
+                part.start()
+            except Exception:
+                log.error("%s: starting %s failed; stopping what started", self.name, part.name)
+                self.stop()
+                raise
+            self._started.append(part)
+
+    def stop(self) -> None:
+        while self._started:
+            part = self._started.pop()
+            try:
+                part.stop()
+            except Exception:
+                log.exception("%s: stopping %s failed; stopping the rest", self.name, part.name)
+
+    @property
+    def alive(self) -> bool:
+        return all(part.alive() for part in self._started)
+
+    def dead_parts(self) -> list[str]:
+        return [part.name for part in self._started if not part.alive()]
+
+    def serve_until_signal(self, poll_s: float = 0.5) -> None:
+        """Start, run until SIGTERM/SIGINT or until a part dies (an orchestrator then restarts
+        the process), then stop."""
+        stopping = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda _signum, _frame: stopping.set())
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self.start()
+            while not stopping.wait(poll_s):
+                if not self.alive:
+                    log.error("%s: %s exited unexpectedly; stopping", self.name, self.dead_parts())
+                    break
+            self.stop()
+            log.info("%s stopped", self.name)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
