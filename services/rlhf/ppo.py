@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import RunCheckpoints
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.lm_loss import IGNORE_INDEX
+from services.rlhf.loop import StepReport, run_steps
 from services.rlhf.optim import adamw
 from services.rlhf.ppo_math import (
     AdaptiveKLController,
@@ -69,6 +69,21 @@ log = logging.getLogger(__name__)
 
 # Config fields that do not change what a run computes; they may differ on resume.
 _RESUME_NEUTRAL_FIELDS = {"checkpoint_every"}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One iteration's episodes, frozen before the PPO epochs: every tensor is (episodes,
+    answer tokens), aligned with ``batch.response_mask``."""
+
+    batch: ResponseBatch
+    logprobs: torch.Tensor  # the sampling policy's log-probs of the answer tokens
+    values: torch.Tensor  # the value model's estimates at rollout time
+    advantages: torch.Tensor  # GAE (whitened when the config says so)
+    returns: torch.Tensor  # advantages + values: the value model's targets
+    scores: torch.Tensor  # (episodes,): the reward model's score of each answer
+    kl: torch.Tensor  # per-token log(pi / pi_ref) at rollout time
+    beta: float  # the KL coefficient of this iteration
 
 
 def _default_sampling() -> SamplingConfig:
@@ -225,7 +240,7 @@ class PPOTrainer:
     # ----- one iteration --------------------------------------------------------------------
 
     @torch.no_grad()
-    def _rollout(self, prompts: Sequence[Sequence[Message]]) -> dict[str, Any]:
+    def _rollout(self, prompts: Sequence[Sequence[Message]]) -> Rollout:
         """Sample answers and freeze everything the PPO epochs optimise against."""
         cfg, device = self.config, _device(self.policy)
         # The old log-probs come from the generation pass itself (no second policy forward).
@@ -263,16 +278,7 @@ class PPOTrainer:
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        return {
-            "batch": batch,
-            "logprobs": logp,
-            "values": values,
-            "advantages": advantages,
-            "returns": returns,
-            "scores": scores,
-            "kl": kl,
-            "beta": beta,
-        }
+        return Rollout(batch, logp, values, advantages, returns, scores, kl, beta)
 
     def _ptx_batch(
         self, generator: torch.Generator
@@ -303,7 +309,7 @@ class PPOTrainer:
             seed if seed is not None else int(torch.randint(2**62, (1,)))
         )
         r = self._rollout(prompts)
-        batch, mask = r["batch"], r["batch"].response_mask
+        batch, mask = r.batch, r.batch.response_mask
         use_ptx = cfg.ptx_coef > 0
 
         sums: dict[str, float] = {}
@@ -316,7 +322,7 @@ class PPOTrainer:
 
                 logp = response_logprobs(self.policy, sub)
                 p_loss, p_stats = policy_loss(
-                    logp, r["logprobs"][idx], r["advantages"][idx], sub_mask, cfg.clip_range
+                    logp, r.logprobs[idx], r.advantages[idx], sub_mask, cfg.clip_range
                 )
                 loss = p_loss
                 if use_ptx:
@@ -333,7 +339,7 @@ class PPOTrainer:
                 vm_device = _device(self.value_model)
                 values = _values(self.value_model, sub.to(vm_device)).to(mask.device)
                 v_loss, v_stats = value_loss(
-                    values, r["values"][idx], r["returns"][idx], sub_mask, cfg.clip_range_value
+                    values, r.values[idx], r.returns[idx], sub_mask, cfg.clip_range_value
                 )
                 self.value_optimizer.zero_grad(set_to_none=True)
                 v_loss.backward()
@@ -351,18 +357,18 @@ class PPOTrainer:
                 n_updates += 1
 
         # The episode's KL: sum over its tokens; the controller sees the batch mean.
-        kl_per_episode = r["kl"].sum(dim=1)
+        kl_per_episode = r.kl.sum(dim=1)
         mean_kl = kl_per_episode.mean().item()
         self.kl_controller.update(mean_kl, n_steps=len(prompts))
         elapsed = time.perf_counter() - start_time
         stats = {name: total / n_updates for name, total in sums.items()}
         stats.update(
-            score=r["scores"].mean().item(),
+            score=r.scores.mean().item(),
             kl=mean_kl,
-            reward=(r["scores"] - r["beta"] * kl_per_episode).mean().item(),
-            beta=r["beta"],
+            reward=(r.scores - r.beta * kl_per_episode).mean().item(),
+            beta=r.beta,
             answer_length=mask.sum(dim=1).mean().item(),
-            advantage_mean=masked_mean(r["advantages"], mask).item(),
+            advantage_mean=masked_mean(r.advantages, mask).item(),
             episodes_per_s=len(prompts) / elapsed,
             seconds=elapsed,
         )
@@ -440,33 +446,28 @@ class PPOTrainer:
             log.info("resumed from %s at iteration %d", self.checkpoints.folder, self.iteration)
         history: list[dict[str, float]] = []
         batches = self._prompt_batches(prompts, skip=self.iteration)
-        bar = tqdm(
-            total=iterations, initial=self.iteration, disable=not progress, desc="ppo", unit="it"
+
+        def one_iteration(iteration: int) -> StepReport | None:
+            batch = next(batches, None)
+            if batch is None:  # the prompt stream ended
+                return None
+            stats = self.step(batch, seed=_derived_seed(self.config.seed, iteration))
+            self.iteration = iteration + 1
+            history.append(stats)
+            shown = ("score", "kl", "beta", "policy_loss", "value_loss")
+            return StepReport({name: stats[name] for name in shown}, items=len(batch))
+
+        run_steps(
+            "ppo",
+            start=self.iteration,
+            end=iterations,
+            total=iterations,
+            run_step=one_iteration,
+            checkpoints=self.checkpoints,
+            state=self._state,
+            progress=progress,
+            logger=log,
+            unit="iteration",
+            items_name="episodes",
         )
-        try:
-            while self.iteration < iterations:
-                batch = next(batches, None)
-                if batch is None:
-                    log.info("prompt stream ended after %d iterations", self.iteration)
-                    break
-                stats = self.step(batch, seed=_derived_seed(self.config.seed, self.iteration))
-                self.iteration += 1
-                history.append(stats)
-                log.info(
-                    "ppo iteration %d: score %.4f, kl %.4f nats, beta %.4g, policy loss %.4f, "
-                    "value loss %.4f, %.2f episodes/s",
-                    self.iteration,
-                    stats["score"],
-                    stats["kl"],
-                    stats["beta"],
-                    stats["policy_loss"],
-                    stats["value_loss"],
-                    stats["episodes_per_s"],
-                )
-                bar.update(1)
-                bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
-                self.checkpoints.after_step(self.iteration, self._state)
-            self.checkpoints.at_stop(self.iteration, self._state)
-        finally:
-            bar.close()
         return history

@@ -17,7 +17,10 @@ One PPO step, in the order the trainer uses these pieces::
     rewards, kl  = kl_penalised_rewards(score, logprobs, ref_logprobs, mask, kl_ctl.value)
     adv, returns = gae(rewards, values, mask)
     adv          = masked_whiten(adv, mask)
-    loss         = policy_loss(...)[0] + vf_coef * value_loss(...)[0] + gamma * ptx_loss(...)
+    # per minibatch, two separate models and optimisers (the value model is not a head on
+    # the policy, so there is no vf_coef balancing one summed loss):
+    policy step on  policy_loss(...)[0] + ptx_coef * ptx_loss(...)
+    value step on   value_loss(...)[0]
     kl_ctl.update(mean KL per episode, n_steps=batch size)
 """
 

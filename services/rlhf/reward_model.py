@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.loop import StepReport, run_steps, seed_fresh_run, training_mode
 from services.rlhf.optim import adamw_with_schedule
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
@@ -192,16 +191,13 @@ def train_reward_model(
     if saved is not None:
         result.steps, result.losses = saved["step"], list(saved["losses"])
         log.info("resuming reward model training at step %d of %d", result.steps, total_steps)
+    seed_fresh_run(config.seed, resumed=saved is not None)
 
     def state() -> dict[str, Any]:
         return {"step": result.steps, "losses": result.losses}
 
-    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    pairs_done, started = 0, time.perf_counter()
-    model.train()
-    bar = tqdm(total=total_steps, initial=result.steps, desc="reward model", disable=not progress)
-    while result.steps < end:
-        epoch, in_epoch = divmod(result.steps, steps_per_epoch)
+    def one_step(step: int) -> StepReport:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
         order = epoch_order(len(usable), config.seed, epoch)
         chosen = order[in_epoch * config.prompts_per_batch :][: config.prompts_per_batch]
         batch = _collate(tokenizer, [usable[i] for i in chosen], config.max_length, model.device)
@@ -213,27 +209,27 @@ def train_reward_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        result.steps += 1
+        result.steps = step + 1
         result.losses.append(loss.item())
-        pairs_done += len(batch.pairs)
-        bar.update(1)
-        if result.steps % config.log_every == 0 or result.steps == end:
-            rate = pairs_done / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", cmp_per_s=f"{rate:.1f}")
-            log.info(
-                "reward model step %d/%d loss %.4f comparisons/s %.1f",
-                result.steps,
-                total_steps,
-                loss.item(),
-                rate,
-                extra={"step": result.steps, "loss": loss.item(), "comparisons_per_s": rate},
-            )
-        checkpoints.after_step(result.steps, state)
-    checkpoints.at_stop(result.steps, state)
-    bar.close()
-    model.eval()
+        return StepReport({"loss": loss.item()}, items=len(batch.pairs))
+
+    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    with training_mode(model):
+        stats = run_steps(
+            "reward model",
+            start=result.steps,
+            end=end,
+            total=total_steps,
+            run_step=one_step,
+            checkpoints=checkpoints,
+            state=state,
+            progress=progress,
+            logger=log,
+            log_every=config.log_every,
+            items_name="comparisons",
+        )
     result.completed = result.steps >= total_steps
-    result.comparisons_per_second = pairs_done / max(time.perf_counter() - started, 1e-9)
+    result.comparisons_per_second = stats.items_per_second
     return result
 
 

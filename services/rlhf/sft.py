@@ -28,20 +28,20 @@ resumed run skip exactly the batches already consumed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
 from services.rlhf.config import option, to_dict
 from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
+from services.rlhf.loop import StepReport, run_steps, seed_fresh_run, training_mode
 from services.rlhf.optim import adamw_with_schedule
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
@@ -181,66 +181,67 @@ def train_sft(
         config.checkpoint_every,
     )
     saved = checkpoints.restore() if resume else None
-    step, losses, lrs = 0, [], []
+    run = _Progress()
     if saved is not None:
-        step, losses, lrs = saved["step"], saved["losses"], saved["learning_rates"]
-        log.info("resuming SFT from %s at step %d of %d", checkpoints.folder, step, total_steps)
-    else:
-        torch.manual_seed(config.seed)
+        run = _Progress(saved["step"], list(saved["losses"]), list(saved["learning_rates"]))
+        log.info("resuming SFT from %s at step %d of %d", checkpoints.folder, run.step, total_steps)
+    seed_fresh_run(config.seed, resumed=saved is not None)
 
     def state() -> dict[str, Any]:
         return {
-            "step": step,
+            "step": run.step,
             # Position in the data, derivable from step but stated for whoever reads the file.
-            "epoch": step // steps_per_epoch,
-            "step_in_epoch": step % steps_per_epoch,
+            "epoch": run.step // steps_per_epoch,
+            "step_in_epoch": run.step % steps_per_epoch,
             "total_steps": total_steps,
-            "losses": losses,
-            "learning_rates": lrs,
+            "losses": run.losses,
+            "learning_rates": run.learning_rates,
         }
 
-    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    was_training = model.training
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not progress, unit="step")
-    examples_done, started = 0, time.perf_counter()
-    order_epoch, order = -1, []
-    while step < end:
+    order_of_epoch = functools.lru_cache(maxsize=1)(
+        lambda epoch: epoch_order(len(encoded), config.seed, epoch)
+    )
+
+    def one_step(step: int) -> StepReport:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(encoded), config.seed, epoch)
+        order = order_of_epoch(epoch)
         chosen = [encoded[i] for i in order[in_epoch * examples_per_step :][:examples_per_step]]
         lr = scheduler.get_last_lr()[0]
         loss = _optimizer_step(model, optimizer, chosen, tokenizer.pad_token_id, config)
         scheduler.step()
-        step += 1
-        losses.append(loss)
-        lrs.append(lr)
-        examples_done += len(chosen)
-        bar.update(1)
-        if step % config.log_every == 0 or step == end:
-            rate = examples_done / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_per_s=f"{rate:.1f}")
-            log.info(
-                "sft step %d/%d loss %.4f lr %.3g examples/s %.1f",
-                step,
-                total_steps,
-                loss,
-                lr,
-                rate,
-                extra={"step": step, "loss": loss, "lr": lr, "examples_per_s": rate},
-            )
-        checkpoints.after_step(step, state)
-    checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
-    bar.close()
-    model.train(was_training)
+        run.step = step + 1
+        run.losses.append(loss)
+        run.learning_rates.append(lr)
+        return StepReport({"loss": loss, "lr": lr}, items=len(chosen))
+
+    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    with training_mode(model):
+        run_steps(
+            "sft",
+            start=run.step,
+            end=end,
+            total=total_steps,
+            run_step=one_step,
+            checkpoints=checkpoints,
+            state=state,
+            progress=progress,
+            logger=log,
+            log_every=config.log_every,
+        )
     return SFTResult(
-        steps=step,
-        final_loss=losses[-1] if losses else math.nan,
-        losses=list(losses),
-        learning_rates=list(lrs),
-        completed=step >= total_steps,
+        steps=run.step,
+        final_loss=run.losses[-1] if run.losses else math.nan,
+        losses=list(run.losses),
+        learning_rates=list(run.learning_rates),
+        completed=run.step >= total_steps,
     )
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
 
 
 def _optimizer_step(

@@ -1,0 +1,125 @@
+"""The training-loop skeleton SFT, the reward model and PPO share.
+
+Each trainer supplies what one step does; the skeleton does the rest one way for all three:
+the progress bar, a log line with the rate every ``log_every`` steps, a checkpoint after each
+step (every ``checkpoint_every``) and when stopping, and the models' train/eval mode (set to
+train for the run and given back as it was). Seeding is :func:`seed_fresh_run`: a fresh run
+seeds torch's global generator from the config, a resumed one keeps the restored state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from services.rlhf.checkpoint import RunCheckpoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did: numbers for the log line and the bar, and how many items (examples,
+    comparisons, episodes) it used, for the rate."""
+
+    metrics: dict[str, float]
+    items: int = 0
+
+
+@dataclass
+class LoopStats:
+    steps_run: int = 0
+    items: int = 0
+    seconds: float = 0.0
+    reports: list[StepReport] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / max(self.seconds, 1e-9)
+
+
+def seed_fresh_run(seed: int, resumed: bool) -> None:
+    """Seed torch's global generator on a fresh run; a resumed run keeps what it restored."""
+    if not resumed:
+        torch.manual_seed(seed)
+
+
+@contextmanager
+def training_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """The models in train mode for the run, each given back in the mode it was in."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.train()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+def run_steps(
+    name: str,
+    *,
+    start: int,
+    end: int,
+    total: int,
+    run_step: Callable[[int], StepReport | None],
+    checkpoints: RunCheckpoints,
+    state: Callable[[], dict[str, Any]],
+    progress: bool = True,
+    log_every: int = 1,
+    unit: str = "step",
+    items_name: str = "examples",
+    logger: logging.Logger = log,
+) -> LoopStats:
+    """Run steps ``start`` .. ``end - 1`` (of ``total`` in the whole run). ``run_step(step)``
+    does step number ``step`` (0-based) and returns its report, or None when there is nothing
+    left to train on (the loop ends there). Checkpoints after each step and at the stop.
+    Progress lines go to ``logger`` (the trainer's own, so they are filtered by its name)."""
+    stats = LoopStats()
+    started = time.perf_counter()
+    step = start
+    bar = tqdm(total=total, initial=start, desc=name, disable=not progress, unit=unit)
+    try:
+        while step < end:
+            report = run_step(step)
+            if report is None:
+                logger.info("%s: no more data after %d %ss", name, step, unit)
+                break
+            step += 1
+            stats.steps_run += 1
+            stats.items += report.items
+            stats.reports.append(report)
+            stats.seconds = time.perf_counter() - started
+            bar.update(1)
+            if step % log_every == 0 or step == end:
+                shown = {key: f"{value:.4g}" for key, value in report.metrics.items()}
+                bar.set_postfix(**shown, **{f"{items_name}_per_s": f"{stats.items_per_second:.1f}"})
+                logger.info(
+                    "%s %s %d/%d %s %s/s %.1f",
+                    name,
+                    unit,
+                    step,
+                    total,
+                    " ".join(f"{key} {value}" for key, value in shown.items()),
+                    items_name,
+                    stats.items_per_second,
+                    extra={
+                        unit: step,
+                        **report.metrics,
+                        f"{items_name}_per_s": stats.items_per_second,
+                    },
+                )
+            checkpoints.after_step(step, state)
+        checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - started
+    return stats
