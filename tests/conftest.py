@@ -27,6 +27,27 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
 
 
+def add_tiny_reward_model(
+    registry: ModelRegistry, tiny_model_dir: Path, seed: int = 0, promote: bool = False
+) -> str:
+    """A tiny reward model (the tiny Llama with a scalar head seeded by ``seed``) as a new
+    reward version of ``registry``; its version name."""
+    from services.rlhf.heads import ScalarHeadModel
+
+    torch.manual_seed(seed)
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def write(folder):
+        rm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    version = registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
+    if promote:
+        registry.promote("reward", version)
+    return version
+
+
 def tiny_llama_config(tokenizer) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import logging
 import os
 import socket
 import sys
@@ -356,14 +355,9 @@ def ensure_dev_key(stack: Stack) -> str:
     from services.inference.gateway.settings import GatewaySettings
 
     gateway = GatewaySettings(data_dir=stack.data_dir)
-    # On a first `up` the store warns that its file is missing, which is the point of this call.
-    store_log = logging.getLogger(ApiKeyStore.__module__)
-    level = store_log.level
-    store_log.setLevel(logging.ERROR)
-    try:
-        return ApiKeyStore(gateway.resolved_api_keys_file).ensure_dev_key(stack.dev_key_path)
-    finally:
-        store_log.setLevel(level)
+    # On a first `up` the key file is missing, which is the point of this call: no warning.
+    store = ApiKeyStore(gateway.resolved_api_keys_file, warn_if_missing=False)
+    return store.ensure_dev_key(stack.dev_key_path)
 
 
 def print_dev_key(stack: Stack, key: str, *, with_example: bool) -> None:

@@ -97,7 +97,9 @@ class ApiKeyStore:
     every client out.
     """
 
-    def __init__(self, path: str | Path, *, check_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, path: str | Path, *, check_interval_s: float = 1.0, warn_if_missing: bool = True
+    ) -> None:
         self.path = Path(path)
         self.check_interval_s = check_interval_s
         self._lock = threading.Lock()
@@ -105,7 +107,7 @@ class ApiKeyStore:
         self._revoked: dict[str, str] = {}  # id -> when (ISO 8601)
         self._signature: tuple[int, int, int] | None = None
         self._checked_at = -float("inf")
-        self._warned_missing = False
+        self._warned_missing = not warn_if_missing  # a tool about to create the file: quiet
         self._refresh(force=True)
 
     # ---- reading ---------------------------------------------------------------------------

@@ -14,14 +14,13 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from services.common.credentials import token_matches
 from services.common.revocations import RevokedKeys
 from services.feedback import metrics
 from services.feedback.errors import RefusalKind, Refused
 from services.feedback.relay import OutboxRelay
 from services.feedback.settings import FeedbackSettings
 from services.feedback.store import database, export, feedback, interactions, outbox
-from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand
+from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand, Owned
 from services.feedback.store.interactions import NewInteraction, ServedCache
 from services.feedback.store.rawsql import RawSql
 from services.feedback.writer import StoreWriter
@@ -98,34 +97,6 @@ class FeedbackCore:
 
     # ---- reads ------------------------------------------------------------------------------
 
-    def _check_reader(
-        self, credential: Credential, api_key_id: str, token_hashes: list[str]
-    ) -> None:
-        """Reading an answer or a vote needs the same credential as rating it."""
-        if credential.api_key_id is not None:
-            if credential.api_key_id != api_key_id:
-                raise Refused(
-                    RefusalKind.FORBIDDEN,
-                    "not_your_response",
-                    "this belongs to another API key; only the key "
-                    "that received an answer (or its feedback token) may read it",
-                )
-        elif credential.feedback_token is not None:
-            if not any(token_matches(credential.feedback_token, h) for h in token_hashes):
-                raise Refused(
-                    RefusalKind.FORBIDDEN,
-                    "invalid_feedback_token",
-                    "the feedback token does not match",
-                )
-        else:
-            raise Refused(
-                RefusalKind.UNAUTHENTICATED,
-                "unauthenticated",
-                "send the API key (Authorization: Bearer ...) or the feedback token "
-                "(X-Feedback-Token)",
-            )
-        feedback.check_not_revoked(api_key_id, self.revoked)
-
     def get_interaction(self, response_id: str, credential: Credential | None) -> dict[str, Any]:
         """One stored answer; ``credential=None`` for trusted callers (gRPC, in-cluster)."""
         with self.read_engine.connect() as conn:
@@ -138,7 +109,8 @@ class FeedbackCore:
                 response_id=response_id,
             )
         if credential is not None:
-            self._check_reader(credential, row["api_key_id"], [row["feedback_token_hash"]])
+            owned = Owned(response_id, row["api_key_id"], row["feedback_token_hash"])
+            feedback.authorise(credential, [owned], self.revoked)
         return row
 
     def get_event(self, event_id: str, credential: Credential) -> dict[str, Any]:
@@ -152,9 +124,10 @@ class FeedbackCore:
                     event_id=event_id,
                 )
             group = interactions.group_members(RawSql(conn), found["row"]["candidate_group"])
-        self._check_reader(
-            credential, found["row"]["rater_key_id"], [m.feedback_token_hash for m in group]
-        )
+        # The group shares one feedback token; the vote belongs to its rater's key.
+        rater = found["row"]["rater_key_id"]
+        owned = Owned(event_id, rater, group[0].feedback_token_hash)
+        feedback.authorise(credential, [owned], self.revoked)
         return found["view"]
 
     def stats_ping(self) -> None:

@@ -64,8 +64,8 @@ def test_unauthenticated_and_foreign_keys_are_refused(feedback):
     assert foreign.status_code == 403
     assert error_of(foreign) == {
         "code": "not_your_response",
-        "message": "these answers were served to another API key; only the key that received "
-        "an answer (or its feedback token) may rate it",
+        "message": "this was served to another API key; only the key that received an answer "
+        "(or its feedback token) may rate or read it",
         "details": {"response_ids": [group.response_ids[0]]},
     }
     other = serve_group(feedback.stub)

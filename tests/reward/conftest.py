@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoTokenizer
 
 from services.common.registry import ModelRegistry
-from services.rlhf.heads import ScalarHeadModel
-
-
-def _add_rm(registry: ModelRegistry, tiny_model_dir, seed: int) -> str:
-    torch.manual_seed(seed)
-    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-
-    def write(folder):
-        rm.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
+from tests.conftest import add_tiny_reward_model
 
 
 @pytest.fixture
 def reward_store(tiny_model_dir, tmp_path) -> ModelRegistry:
     """reward/v0 (promoted) and reward/v1, tiny RMs with different heads."""
     registry = ModelRegistry(tmp_path / "models")
-    v0 = _add_rm(registry, tiny_model_dir, seed=1)
-    _add_rm(registry, tiny_model_dir, seed=2)
+    v0 = add_tiny_reward_model(registry, tiny_model_dir, seed=1)
+    add_tiny_reward_model(registry, tiny_model_dir, seed=2)
     registry.promote("reward", v0)
     return registry

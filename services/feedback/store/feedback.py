@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -91,25 +91,38 @@ def comparison_id(source: str, rater_key_id: str, subject: str) -> str:
 # ---- checks ---------------------------------------------------------------------------------
 
 
-def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, str]:
-    """(rater key id, via) if the credential may rate all ``answers``; else refuse."""
-    credential = command.credential
+@dataclass(frozen=True)
+class Owned:
+    """Something a client asks to rate or read: its id, the API key it was served to, and the
+    hash of its group's feedback token."""
+
+    subject_id: str
+    api_key_id: str
+    feedback_token_hash: str
+
+
+def authorise(
+    credential: Credential, owned: Sequence[Owned], revoked: Container[str]
+) -> tuple[str, str]:
+    """The one access rule, for rating and for reading: only the key the answers were served
+    to, or their group's feedback token, and not once that key is revoked. Returns (the
+    owner's key id, "api_key" | "feedback_token"); refuses otherwise."""
     if credential.api_key_id is not None:
-        foreign = [a.response_id for a in answers if a.api_key_id != credential.api_key_id]
+        foreign = [o.subject_id for o in owned if o.api_key_id != credential.api_key_id]
         if foreign:
             raise Refused(
                 RefusalKind.FORBIDDEN,
                 "not_your_response",
-                "these answers were served to another API key; only the key that received "
-                "an answer (or its feedback token) may rate it",
+                "this was served to another API key; only the key that received an answer "
+                "(or its feedback token) may rate or read it",
                 response_ids=foreign,
             )
-        return credential.api_key_id, "api_key"
-    if credential.feedback_token is not None:
+        via = "api_key"
+    elif credential.feedback_token is not None:
         bad = [
-            a.response_id
-            for a in answers
-            if not token_matches(credential.feedback_token, a.feedback_token_hash)
+            o.subject_id
+            for o in owned
+            if not token_matches(credential.feedback_token, o.feedback_token_hash)
         ]
         if bad:
             raise Refused(
@@ -118,23 +131,23 @@ def _authorise(command: FeedbackCommand, answers: list[Served]) -> tuple[str, st
                 "the feedback token does not belong to the group of these answers",
                 response_ids=bad,
             )
-        return answers[0].api_key_id, "feedback_token"
-    raise Refused(
-        RefusalKind.UNAUTHENTICATED,
-        "unauthenticated",
-        "send the API key that received the answer (Authorization: Bearer ...) or the "
-        "feedback token that came with it (X-Feedback-Token header or feedback_token field)",
-    )
-
-
-def check_not_revoked(key_id: str, revoked: Container[str]) -> None:
-    if key_id in revoked:
+        via = "feedback_token"
+    else:
+        raise Refused(
+            RefusalKind.UNAUTHENTICATED,
+            "unauthenticated",
+            "send the API key that received the answer (Authorization: Bearer ...) or the "
+            "feedback token that came with it (X-Feedback-Token header or feedback_token field)",
+        )
+    owner = owned[0].api_key_id
+    if owner in revoked:
         raise Refused(
             RefusalKind.UNAUTHENTICATED,
             "revoked_api_key",
             "the API key these answers were served to has been revoked; its feedback tokens "
             "are void too",
         )
+    return owner, via
 
 
 def _check_window(answers: list[Served], now: datetime, ttl: timedelta) -> None:
@@ -338,8 +351,8 @@ def apply(
             response_ids=unknown,
         )
     answers = [known[r] for r in wanted]
-    rater, via = _authorise(command, answers)
-    check_not_revoked(rater, revoked)
+    owned = [Owned(a.response_id, a.api_key_id, a.feedback_token_hash) for a in answers]
+    rater, via = authorise(command.credential, owned, revoked)
     replay = _replay(conn, sql, command, rater)
     if replay is not None:
         return replay

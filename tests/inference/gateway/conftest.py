@@ -10,16 +10,14 @@ from dataclasses import dataclass
 import openai
 import pytest
 import redis
-from transformers import AutoTokenizer
 
 from services.common.api_keys import ApiKeyStore
-from services.common.registry import ModelRegistry
 from services.inference.engine.server import EngineServer
 from services.inference.gateway.server import GatewayServer
 from services.inference.gateway.settings import GatewaySettings
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
-from services.rlhf.heads import ScalarHeadModel
+from tests.conftest import add_tiny_reward_model
 from tests.inference.gateway.gateway_helpers import FeedbackHarness
 from tests.inference.inference_helpers import engine_settings
 
@@ -61,17 +59,6 @@ class Stack:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0)
 
 
-def add_reward_model(registry: ModelRegistry, tiny_model_dir) -> None:
-    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-
-    def write(folder):
-        rm.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    registry.promote("reward", registry.create_version("reward", write).version)
-
-
 @pytest.fixture
 def engine_server(policy_store, gateway_redis_url) -> Iterator[EngineServer]:
     server = EngineServer(engine_settings(policy_store, gateway_redis_url))
@@ -82,7 +69,7 @@ def engine_server(policy_store, gateway_redis_url) -> Iterator[EngineServer]:
 
 @pytest.fixture
 def reward_target(policy_store, tiny_model_dir, gateway_redis_url) -> Iterator[str]:
-    add_reward_model(policy_store, tiny_model_dir)
+    add_tiny_reward_model(policy_store, tiny_model_dir, promote=True)
     server = RewardServer(
         RewardSettings(
             FLYWHEEL_MODEL_STORE=policy_store.root,
