@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from services.rlhf.checkpoint import RunCheckpoints
+from services.rlhf.config import to_dict
+from services.rlhf.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,29 @@ class LoopStats:
     @property
     def items_per_second(self) -> float:
         return self.items / max(self.seconds, 1e-9)
+
+
+def optimiser_and_checkpoints(
+    model: torch.nn.Module,
+    config: Any,
+    total_steps: int,
+    data_id: str,
+    checkpoint_dir: Any,
+    resume_neutral_fields: Any,
+) -> tuple[torch.optim.Optimizer, Any, RunCheckpoints]:
+    """AdamW with the config's schedule over ``total_steps``, and the run's checkpoints of
+    the model, optimiser and schedule (keyed by the config and the data's fingerprint)."""
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), config, total_steps)
+    checkpoints = RunCheckpoints(
+        checkpoint_dir,
+        {"model": model},
+        {"optimizer": optimizer, "scheduler": scheduler},
+        to_dict(config),
+        data_id,
+        resume_neutral_fields,
+        config.checkpoint_every,
+    )
+    return optimizer, scheduler, checkpoints
 
 
 def seed_fresh_run(seed: int, resumed: bool) -> None:

@@ -20,11 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
-from services.rlhf.config import option, to_dict
+from services.rlhf.checkpoint import epoch_order, fingerprint
+from services.rlhf.config import option
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.loop import StepReport, run_steps, seed_fresh_run, training_mode
-from services.rlhf.optim import adamw_with_schedule
+from services.rlhf.loop import (
+    StepReport,
+    optimiser_and_checkpoints,
+    run_steps,
+    seed_fresh_run,
+    training_mode,
+)
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -175,16 +180,9 @@ def train_reward_model(
         raise ValueError("no comparison has a pair to learn from (all ties?)")
     steps_per_epoch = math.ceil(len(usable) / config.prompts_per_batch)
     total_steps = steps_per_epoch * config.epochs
-    optimizer, scheduler = adamw_with_schedule(model.parameters(), config, total_steps)
     data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
-    checkpoints = RunCheckpoints(
-        checkpoint_dir,
-        {"model": model},
-        {"optimizer": optimizer, "scheduler": scheduler},
-        to_dict(config),
-        data_id,
-        _RESUME_NEUTRAL_FIELDS,
-        config.checkpoint_every,
+    optimizer, scheduler, checkpoints = optimiser_and_checkpoints(
+        model, config, total_steps, data_id, checkpoint_dir, _RESUME_NEUTRAL_FIELDS
     )
     saved = checkpoints.restore() if resume else None
     result = RewardResult(steps=0)

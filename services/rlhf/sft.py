@@ -38,11 +38,16 @@ from typing import Any
 
 import torch
 
-from services.rlhf.checkpoint import RunCheckpoints, epoch_order, fingerprint
-from services.rlhf.config import option, to_dict
+from services.rlhf.checkpoint import epoch_order, fingerprint
+from services.rlhf.config import option
 from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
-from services.rlhf.loop import StepReport, run_steps, seed_fresh_run, training_mode
-from services.rlhf.optim import adamw_with_schedule
+from services.rlhf.loop import (
+    StepReport,
+    optimiser_and_checkpoints,
+    run_steps,
+    seed_fresh_run,
+    training_mode,
+)
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
@@ -168,17 +173,8 @@ def train_sft(
     steps_per_epoch = math.ceil(len(encoded) / examples_per_step)
     total_steps = steps_per_epoch * config.epochs
     data_id = fingerprint([[list(d.messages), d.answer] for d in demos])
-
-    optimizer, scheduler = adamw_with_schedule(model.parameters(), config, total_steps)
-
-    checkpoints = RunCheckpoints(
-        checkpoint_dir,
-        {"model": model},
-        {"optimizer": optimizer, "scheduler": scheduler},
-        to_dict(config),
-        data_id,
-        _RESUME_NEUTRAL_FIELDS,
-        config.checkpoint_every,
+    optimizer, scheduler, checkpoints = optimiser_and_checkpoints(
+        model, config, total_steps, data_id, checkpoint_dir, _RESUME_NEUTRAL_FIELDS
     )
     saved = checkpoints.restore() if resume else None
     run = _Progress()
