@@ -9,7 +9,7 @@ nothing about data).
 Why a shared secret rather than mTLS: it works the same on loopback and in a cluster, needs no
 certificate authority or rotation tooling, and is one Kubernetes Secret. It authenticates
 callers; it does not encrypt. In a cluster, encryption in transit belongs to the network
-(a service mesh's mTLS, or a NetworkPolicy keeping the ports private), which the chart sets up.
+(a service mesh's mTLS, or NetworkPolicies keeping the ports private) in the deployment.
 
 Where the token comes from (:func:`resolve_service_token`): ``FLYWHEEL_SERVICE_TOKEN`` (a
 Secret as an environment variable), else the file ``FLYWHEEL_SERVICE_TOKEN_FILE`` (default
