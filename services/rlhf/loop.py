@@ -93,7 +93,6 @@ def run_steps(
     name: str,
     *,
     start: int,
-    end: int,
     total: int,
     run_step: Callable[[int], StepReport | None],
     checkpoints: RunCheckpoints,
@@ -103,48 +102,56 @@ def run_steps(
     unit: str = "step",
     items_name: str = "examples",
     logger: logging.Logger = log,
+    stop_after: int | None = None,
+    train: tuple[torch.nn.Module, ...] = (),
 ) -> LoopStats:
-    """Run steps ``start`` .. ``end - 1`` (of ``total`` in the whole run). ``run_step(step)``
+    """Run steps ``start`` .. ``total - 1``, or only up to ``stop_after`` steps in all (time-boxed
+    runs, tests: the schedule still spans ``total``), with the ``train`` models in train mode
+    (:func:`training_mode`). ``run_step(step)``
     does step number ``step`` (0-based) and returns its report, or None when there is nothing
     left to train on (the loop ends there). Checkpoints after each step and at the stop.
     Progress lines go to ``logger`` (the trainer's own, so they are filtered by its name)."""
+    end = total if stop_after is None else min(total, stop_after)
     stats = LoopStats()
     started = time.perf_counter()
     step = start
     bar = tqdm(total=total, initial=start, desc=name, disable=not progress, unit=unit)
-    try:
-        while step < end:
-            report = run_step(step)
-            if report is None:
-                logger.info("%s: no more data after %d %ss", name, step, unit)
-                break
-            step += 1
-            stats.steps_run += 1
-            stats.items += report.items
-            stats.reports.append(report)
-            stats.seconds = time.perf_counter() - started
-            bar.update(1)
-            if step % log_every == 0 or step == end:
-                shown = {key: f"{value:.4g}" for key, value in report.metrics.items()}
-                bar.set_postfix(**shown, **{f"{items_name}_per_s": f"{stats.items_per_second:.1f}"})
-                logger.info(
-                    "%s %s %d/%d %s %s/s %.1f",
-                    name,
-                    unit,
-                    step,
-                    total,
-                    " ".join(f"{key} {value}" for key, value in shown.items()),
-                    items_name,
-                    stats.items_per_second,
-                    extra={
-                        unit: step,
-                        **report.metrics,
-                        f"{items_name}_per_s": stats.items_per_second,
-                    },
-                )
-            checkpoints.after_step(step, state)
-        checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
-    finally:
-        bar.close()
+    with training_mode(*train):
+        try:
+            while step < end:
+                report = run_step(step)
+                if report is None:
+                    logger.info("%s: no more data after %d %ss", name, step, unit)
+                    break
+                step += 1
+                stats.steps_run += 1
+                stats.items += report.items
+                stats.reports.append(report)
+                stats.seconds = time.perf_counter() - started
+                bar.update(1)
+                if step % log_every == 0 or step == end:
+                    shown = {key: f"{value:.4g}" for key, value in report.metrics.items()}
+                    bar.set_postfix(
+                        **shown, **{f"{items_name}_per_s": f"{stats.items_per_second:.1f}"}
+                    )
+                    logger.info(
+                        "%s %s %d/%d %s %s/s %.1f",
+                        name,
+                        unit,
+                        step,
+                        total,
+                        " ".join(f"{key} {value}" for key, value in shown.items()),
+                        items_name,
+                        stats.items_per_second,
+                        extra={
+                            unit: step,
+                            **report.metrics,
+                            f"{items_name}_per_s": stats.items_per_second,
+                        },
+                    )
+                checkpoints.after_step(step, state)
+            checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
+        finally:
+            bar.close()
     stats.seconds = time.perf_counter() - started
     return stats

@@ -460,7 +460,6 @@ class PPOTrainer:
         run_steps(
             "ppo",
             start=self.iteration,
-            end=iterations,
             total=iterations,
             run_step=one_iteration,
             checkpoints=self.checkpoints,

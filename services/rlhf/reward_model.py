@@ -28,7 +28,6 @@ from services.rlhf.loop import (
     optimiser_and_checkpoints,
     run_steps,
     seed_fresh_run,
-    training_mode,
 )
 from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
@@ -211,21 +210,20 @@ def train_reward_model(
         result.losses.append(loss.item())
         return StepReport({"loss": loss.item()}, items=len(batch.pairs))
 
-    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    with training_mode(model):
-        stats = run_steps(
-            "reward model",
-            start=result.steps,
-            end=end,
-            total=total_steps,
-            run_step=one_step,
-            checkpoints=checkpoints,
-            state=state,
-            progress=progress,
-            logger=log,
-            log_every=config.log_every,
-            items_name="comparisons",
-        )
+    stats = run_steps(
+        "reward model",
+        start=result.steps,
+        stop_after=stop_after_steps,
+        train=(model,),
+        total=total_steps,
+        run_step=one_step,
+        checkpoints=checkpoints,
+        state=state,
+        progress=progress,
+        logger=log,
+        log_every=config.log_every,
+        items_name="comparisons",
+    )
     result.completed = result.steps >= total_steps
     result.comparisons_per_second = stats.items_per_second
     return result

@@ -46,7 +46,6 @@ from services.rlhf.loop import (
     optimiser_and_checkpoints,
     run_steps,
     seed_fresh_run,
-    training_mode,
 )
 from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, pad
 
@@ -210,20 +209,19 @@ def train_sft(
         run.learning_rates.append(lr)
         return StepReport({"loss": loss, "lr": lr}, items=len(chosen))
 
-    end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    with training_mode(model):
-        run_steps(
-            "sft",
-            start=run.step,
-            end=end,
-            total=total_steps,
-            run_step=one_step,
-            checkpoints=checkpoints,
-            state=state,
-            progress=progress,
-            logger=log,
-            log_every=config.log_every,
-        )
+    run_steps(
+        "sft",
+        start=run.step,
+        stop_after=stop_after_steps,
+        train=(model,),
+        total=total_steps,
+        run_step=one_step,
+        checkpoints=checkpoints,
+        state=state,
+        progress=progress,
+        logger=log,
+        log_every=config.log_every,
+    )
     return SFTResult(
         steps=run.step,
         final_loss=run.losses[-1] if run.losses else math.nan,
