@@ -38,6 +38,7 @@ from services.inference.engine.params import (
     check_parameters,
     describe_problem,
 )
+from services.inference.engine.responses import GenerateResponse, Info
 from services.inference.engine.runner import (
     ClientGone,
     Generation,
@@ -195,7 +196,7 @@ def create_app(runner: Runner) -> FastAPI:
             return error_body(503, "unhealthy", "the scheduler is stalled or dead")
         return {"status": "alive"}
 
-    @app.get("/info")
+    @app.get("/info", responses={200: {"model": Info}})
     async def info():
         policy = runner.policies.current
         return {
@@ -253,7 +254,7 @@ def create_app(runner: Runner) -> FastAPI:
             }
         return result, prepared.policy.version
 
-    @app.post("/generate", responses=_GENERATION_ERRORS)
+    @app.post("/generate", responses={200: {"model": GenerateResponse}, **_GENERATION_ERRORS})
     async def generate_route(body: GenerateRequest, request: Request):
         result, version = await generate(body, request)
         return JSONResponse(result, headers={VERSION_HEADER: version})
@@ -307,7 +308,11 @@ def create_app(runner: Runner) -> FastAPI:
     @app.post(
         "/",
         responses={
-            200: {"description": "A list of one result, or events", "content": SSE_CONTENT},
+            200: {
+                "description": "A list of one result, or events when `stream` is true",
+                "model": list[GenerateResponse],
+                "content": SSE_CONTENT,
+            },
             **_GENERATION_ERRORS,
         },
     )

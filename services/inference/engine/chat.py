@@ -24,6 +24,7 @@ from services.common.aio import merge
 from services.common.chat_contract import MAX_SEED, ChatRole, candidate_seed, seeds_fit
 from services.inference.engine import metrics
 from services.inference.engine.params import STRICT, ValidationFailed
+from services.inference.engine.responses import ChatCompletion
 from services.inference.engine.runner import GenerationError, Prepared, Runner
 from services.inference.engine.sampling import SamplingParams
 from services.inference.engine.scheduler import Token
@@ -97,6 +98,7 @@ def add_chat_route(app: FastAPI, runner: Runner, responses: dict, stream_content
         responses={
             200: {
                 "description": "A completion, or chunks when streaming",
+                "model": ChatCompletion,
                 "content": stream_content,
             },
             **responses,
