@@ -30,10 +30,6 @@ class Periodic:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def run_once(self) -> bool:
         """One round now; whether it succeeded."""
         try:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,10 +37,8 @@ class StepReport:
 
 @dataclass
 class LoopStats:
-    steps_run: int = 0
     items: int = 0
     seconds: float = 0.0
-    reports: list[StepReport] = field(default_factory=list)
 
     @property
     def items_per_second(self) -> float:
@@ -124,9 +122,7 @@ def run_steps(
                     logger.info("%s: no more data after %d %ss", name, step, unit)
                     break
                 step += 1
-                stats.steps_run += 1
                 stats.items += report.items
-                stats.reports.append(report)
                 stats.seconds = time.perf_counter() - started
                 bar.update(1)
                 if step % log_every == 0 or step == end:

@@ -13,6 +13,7 @@ up the label set.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -58,10 +59,17 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        IN_FLIGHT.labels(route).inc()
+        in_flight, duration = _route_metrics(route)
+        in_flight.inc()
         try:
             await self.app(scope, receive, measured_send)
         finally:
-            IN_FLIGHT.labels(route).dec()
+            in_flight.dec()
             REQUESTS.labels(route, scope["method"], str(status)).inc()
-            DURATION.labels(route).observe(time.perf_counter() - started)
+            duration.observe(time.perf_counter() - started)
+
+
+@functools.cache
+def _route_metrics(route: str):
+    """A route's in-flight gauge and latency histogram (the label lookup done once)."""
+    return IN_FLIGHT.labels(route), DURATION.labels(route)
