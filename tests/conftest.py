@@ -17,51 +17,20 @@ from pathlib import Path
 import pytest
 import redis
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from services.common.base_model import find_base_gguf
 from services.common.registry import ModelRegistry
-from tests.harness import SERVICE_TOKEN  # noqa: F401  (first: sets the suite's token)
+from tests.harness import (
+    SERVICE_TOKEN,  # noqa: F401  (first: sets the suite's token)
+    tiny_llama_config,
+)
+
+# The whole stack on loopback (`stack`, `feedback`, ...), for the end-to-end and gateway tests.
+pytest_plugins = ["tests.stack_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
-
-
-def add_tiny_reward_model(
-    registry: ModelRegistry, tiny_model_dir: Path, seed: int = 0, promote: bool = False
-) -> str:
-    """A tiny reward model (the tiny Llama with a scalar head seeded by ``seed``) as a new
-    reward version of ``registry``; its version name."""
-    from services.rlhf.heads import ScalarHeadModel
-
-    torch.manual_seed(seed)
-    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-
-    def write(folder):
-        rm.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    version = registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
-    if promote:
-        registry.promote("reward", version)
-    return version
-
-
-def tiny_llama_config(tokenizer) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +66,26 @@ def model_store(tiny_model_dir, tmp_path) -> ModelRegistry:
         notes="tiny random Llama for tests",
     )
     registry.promote("policy", info.version)
+    return registry
+
+
+@pytest.fixture
+def policy_store(tiny_model_dir, tmp_path) -> ModelRegistry:
+    """policy/v0 (promoted) and policy/v1: tiny random Llamas with different weights."""
+    registry = ModelRegistry(tmp_path / "models")
+    v0 = registry.create_version(
+        "policy", lambda f: shutil.copytree(tiny_model_dir, f, dirs_exist_ok=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama_config(tokenizer))
+
+    def write_v1(folder):
+        other.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    registry.create_version("policy", write_v1, parent=v0.version)
+    registry.promote("policy", v0.version)
     return registry
 
 

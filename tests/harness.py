@@ -1,5 +1,6 @@
-"""What every test module shares: free ports, waiting for a condition, and the suite's
-service credential (the one internal gRPC calls present)."""
+"""What every test module shares: free ports, waiting for a condition, the suite's service
+credential (the one internal gRPC calls present), the feedback service run in-process, and
+tiny models for the registry."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+import redis
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from transformers import AutoTokenizer, LlamaConfig
 
+from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
+from services.common.registry import ModelRegistry
 from services.common.service_auth import service_channel
+from services.feedback.server import FeedbackServer
+from services.feedback.settings import FeedbackSettings
 
 # Every server of the suite, in-process or a child process, shares one service credential, as
 # the pods of one release share one Secret (services/common/service_auth.py). A child process
@@ -60,3 +70,113 @@ def assert_refused_without_credential(channel: grpc.Channel, calls: dict) -> Non
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def feedback_settings(
+    database_url: str, redis_url: str, data_dir: Path, **overrides
+) -> FeedbackSettings:
+    """Settings for an in-process feedback service on loopback ports chosen by the OS."""
+    values = dict(
+        database_url=database_url,
+        FLYWHEEL_REDIS_URL=redis_url,
+        FLYWHEEL_DATA_DIR=data_dir,
+        http_host="127.0.0.1",
+        http_port=0,
+        grpc_port=0,
+        drain_timeout_s=1,
+    )
+    return FeedbackSettings(**{**values, **overrides})
+
+
+class FeedbackService:
+    """The feedback service (HTTP + gRPC + writer + outbox relay) in-process on loopback, with
+    clients for both front ends and for its Redis. ``stop`` then ``start`` again keeps the
+    database and both ports, as a restarted pod behind one Service would."""
+
+    def __init__(self, settings: FeedbackSettings) -> None:
+        self.settings = settings
+        self.server: FeedbackServer | None = None
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._ports = {"http_port": settings.http_port, "grpc_port": settings.grpc_port}
+        self._channel: grpc.Channel | None = None
+        self.http: httpx.Client | None = None
+        self.stub: feedback_pb2_grpc.FeedbackServiceStub | None = None
+
+    def start(self) -> FeedbackService:
+        self.server = FeedbackServer(self.settings.model_copy(update=self._ports))
+        self.server.start()
+        self._ports = {"http_port": self.server.http_port, "grpc_port": self.server.grpc_port}
+        self._channel = internal_channel(self.target)
+        self.stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
+        self.http = httpx.Client(base_url=self.http_url, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        for client in (self.http, self._channel):
+            if client is not None:
+                client.close()
+        self.http = self._channel = self.stub = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def close(self) -> None:
+        self.stop()
+        self.redis.close()
+
+    @property
+    def core(self):
+        return self.server.core
+
+    @property
+    def target(self) -> str:
+        """The gRPC address."""
+        return f"127.0.0.1:{self._ports['grpc_port']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['http_port']}"
+
+    def get(self, response_id: str) -> feedback_pb2.Interaction:
+        request = feedback_pb2.GetInteractionRequest(response_id=response_id)
+        return self.stub.GetInteraction(request, timeout=5).interaction
+
+    def interaction_count(self) -> int:
+        return self.stub.Stats(feedback_pb2.StatsRequest(), timeout=5).interactions
+
+
+def add_tiny_reward_model(
+    registry: ModelRegistry, tiny_model_dir: Path, seed: int = 0, promote: bool = False
+) -> str:
+    """A tiny reward model (the tiny Llama with a scalar head seeded by ``seed``) as a new
+    reward version of ``registry``; its version name."""
+    from services.rlhf.heads import ScalarHeadModel
+
+    torch.manual_seed(seed)
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def write(folder):
+        rm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    version = registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
+    if promote:
+        registry.promote("reward", version)
+    return version
+
+
+def tiny_llama_config(tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )

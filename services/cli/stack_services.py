@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +42,8 @@ NO_ANSWER = "no answer"
 SETTLED = frozenset({READY, WAITING_FOR_RM})
 
 _PROBE_TIMEOUT_S = 2.0
+
+T = TypeVar("T")
 
 
 class StackSettings(ServiceSettings):
@@ -86,26 +89,29 @@ def http_ready(url: str) -> str:
 def grpc_health(target: str) -> int | None:
     """The overall gRPC health status (``health_pb2.HealthCheckResponse``), None if no answer."""
     with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT_S
-            )
-        except grpc.RpcError:
-            return None
-    return reply.status
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = _answer(
+            lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT_S)
+        )
+    return None if reply is None else reply.status
 
 
 def grpc_current_version(target: str, service_token: str) -> str | None:
     """ModelAdmin.CurrentVersion: the version serving ("" if none is loaded), None if no
     answer."""
     with service_channel(target, service_token) as channel:
-        try:
-            reply = admin_pb2_grpc.ModelAdminStub(channel).CurrentVersion(
-                admin_pb2.CurrentVersionRequest(), timeout=_PROBE_TIMEOUT_S
-            )
-        except grpc.RpcError:
-            return None
-    return reply.version
+        stub = admin_pb2_grpc.ModelAdminStub(channel)
+        request = admin_pb2.CurrentVersionRequest()
+        reply = _answer(lambda: stub.CurrentVersion(request, timeout=_PROBE_TIMEOUT_S))
+    return None if reply is None else reply.version
+
+
+def _answer(call: Callable[[], T]) -> T | None:
+    """A probe's reply, or None when the call fails (the server is down, slow or refuses)."""
+    try:
+        return call()
+    except grpc.RpcError:
+        return None
 
 
 @dataclass(frozen=True)

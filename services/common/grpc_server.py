@@ -5,7 +5,7 @@ Typical use::
     server = GrpcServer(
         settings.grpc_host, settings.grpc_port, service_token=settings.resolved_service_token()
     )
-    server.add(add_RewardServicer_to_server, RewardServicer(scorer), "flywheel.v1.Reward")
+    server.add(add_RewardServiceServicer_to_server, RewardServicer(scorer))
     server.start()
     scorer.load_weights()        # alive (health answers) but not ready until this is done
     server.set_serving(True)
@@ -62,6 +62,27 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _RecordServiceNames:
+    """Stands in for the ``grpc.Server`` a generated ``add_*_to_server`` registers with: passes
+    the handlers on and notes the names of the services they serve."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+        self.names: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+        for handler in handlers:
+            name = handler.service_name()
+            if name not in self.names:
+                self.names.append(name)
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(name, handlers)
+        if name not in self.names:
+            self.names.append(name)
+
+
 class GrpcServer:
     """A sync ``grpc.server`` with health, reflection, channel defaults and a graceful drain.
 
@@ -99,12 +120,17 @@ class GrpcServer:
         """The port actually bound (useful with port 0); 0 until ``start()``."""
         return self._port
 
-    def add(self, register: Callable[[Any, grpc.Server], None], servicer: Any, name: str) -> None:
-        """Register a servicer with its generated ``add_*_to_server``; ``name`` is the full name
-        (``flywheel.v1.Reward``) that health and reflection report."""
+    def add(self, register: Callable[[Any, grpc.Server], None], servicer: Any) -> None:
+        """Register a servicer with its generated ``add_*_to_server``. The full service names
+        that health and reflection report are read from what it registers, so they cannot
+        drift from the proto."""
         self._check_not_started()
-        register(servicer, self._server)
-        self._track(name)
+        recorder = _RecordServiceNames(self._server)
+        register(servicer, recorder)
+        if not recorder.names:
+            raise ValueError(f"{register.__name__} registered no service")
+        for name in recorder.names:
+            self._track(name)
 
     def add_generic_handler(self, handler: grpc.ServiceRpcHandler) -> None:
         """Register a hand-built handler (``grpc.method_handlers_generic_handler``)."""

@@ -260,13 +260,7 @@ class ModelRegistry:
             previous = state.get("promoted")
             if previous == version:
                 return info
-            statuses = state.setdefault("statuses", {})
-            if previous:
-                statuses[previous] = "retired"
-            statuses[version] = "promoted"
-            state["promoted"] = version
-            self._append_history(state, "promote", version, previous)
-            self._write_state(role, state)
+            self._move_promotion(role, state, "promote", version, previous, "retired")
         return self.get(role, version)
 
     def rollback(self, role: str, to: str | None = None) -> VersionInfo:
@@ -282,12 +276,7 @@ class ModelRegistry:
             if target == current:
                 raise InvalidTransitionError(f"{role}/{current} is already the promoted version")
             self.get(role, target)
-            statuses = state.setdefault("statuses", {})
-            statuses[current] = "rolled-back"
-            statuses[target] = "promoted"
-            state["promoted"] = target
-            self._append_history(state, "rollback", target, current)
-            self._write_state(role, state)
+            self._move_promotion(role, state, "rollback", target, current, "rolled-back")
         return self.get(role, target)
 
     def reject(self, role: str, version: str, reason: str = "") -> VersionInfo:
@@ -378,6 +367,25 @@ class ModelRegistry:
 
     def _write_state(self, role: str, state: dict[str, Any]) -> None:
         write_atomically(self.root / role / STATE, json.dumps(state, indent=2, sort_keys=True))
+
+    def _move_promotion(
+        self,
+        role: str,
+        state: dict,
+        event: str,
+        version: str,
+        previous: str | None,
+        previous_status: str,
+    ) -> None:
+        """Promote ``version`` in ``state``, give the one it replaces ``previous_status``, record
+        ``event`` in the history and write the state (under the caller's lock)."""
+        statuses = state.setdefault("statuses", {})
+        if previous:
+            statuses[previous] = previous_status
+        statuses[version] = "promoted"
+        state["promoted"] = version
+        self._append_history(state, event, version, previous)
+        self._write_state(role, state)
 
     @staticmethod
     def _append_history(

@@ -5,7 +5,8 @@ A service is a list of :class:`Part` s (an HTTP server thread, a gRPC server, a 
 fails, those already started are stopped again, newest first, and the error propagates. It
 stops them in reverse order (each within its own deadline; one that fails to stop is logged
 and the rest still stop), and it is alive while every part is. ``serve_until_signal`` is the
-one main loop: start, run until SIGTERM/SIGINT or until a part dies, stop.
+one main loop: start, run until SIGTERM/SIGINT or until a part dies, stop; ``run_service`` is
+what every ``python -m services.<name>`` does around it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from services.common.logging_setup import configure_logging
+from services.common.metrics import set_build_info, start_metrics_server
+from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +93,20 @@ class ServiceProcess:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def run_service(
+    name: str,
+    settings: ServiceSettings,
+    build: Callable[[], ServiceProcess],
+    metrics_address: tuple[str, int] | None = None,
+) -> int:
+    """A service's main: logging and build info first (so building the process logs in the
+    service's format), then build its process and serve it until a signal; the exit status.
+    ``metrics_address`` serves /metrics on a port of its own, for a process with no HTTP app."""
+    configure_logging(name, settings.log_level, settings.log_format)
+    set_build_info(name)
+    if metrics_address is not None:
+        start_metrics_server(metrics_address[1], metrics_address[0])
+    build().serve_until_signal()
+    return 0

@@ -16,7 +16,6 @@ import redis
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
 from services.common.grpc_server import GrpcServer
 from services.common.http_server import HttpServerThread
-from services.common.metrics import set_build_info
 from services.common.runtime import Part, ServiceProcess
 from services.feedback.api.app import create_app
 from services.feedback.core import FeedbackCore, engine_url_for_logs
@@ -40,7 +39,6 @@ class FeedbackServer:
         self._grpc.add(
             feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
             FeedbackServicer(self.core),
-            "flywheel.v1.FeedbackService",
         )
         self._http = HttpServerThread(
             create_app(self.core), settings.http_host, settings.http_port, settings.drain_timeout_s
@@ -54,7 +52,7 @@ class FeedbackServer:
                 Part("store", self.core.start, self.core.stop),
                 Part("grpc", self._grpc.start, lambda: self._grpc.stop(drain), self._grpc.alive),
                 Part("http", self._http.start, self._http.stop, lambda: self._http.alive),
-                Part("ready", lambda: self._grpc.set_serving(True), self._not_serving),
+                Part("ready", self._ready, self._not_serving),
             ],
         )
 
@@ -69,8 +67,8 @@ class FeedbackServer:
     def _not_serving(self) -> None:
         self._grpc.set_serving(False)
 
-    def start(self) -> None:
-        self.process.start()
+    def _ready(self) -> None:
+        self._grpc.set_serving(True)
         log.info(
             "feedback service ready",
             extra={
@@ -80,16 +78,18 @@ class FeedbackServer:
             },
         )
 
+    def start(self) -> None:
+        self.process.start()
+
     def stop(self) -> None:
         self.process.stop()
 
 
-def serve(settings: FeedbackSettings | None = None) -> None:
-    settings = settings or FeedbackSettings()
-    set_build_info("feedback")
+def build_process(settings: FeedbackSettings) -> ServiceProcess:
+    """The process ``python -m services.feedback`` runs."""
     server = FeedbackServer(settings)
     register_store_collector(server.core.metrics_stats)
     # Everything imported and built so far lives as long as the process: keep it out of the
     # garbage collector's full passes, which otherwise pause request handling under load.
     gc.freeze()
-    server.process.serve_until_signal()
+    return server.process

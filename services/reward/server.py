@@ -52,12 +52,10 @@ class RewardServer:
         self.grpc.add(
             reward_pb2_grpc.add_RewardServiceServicer_to_server,
             RewardServicer(self.scorer),
-            "flywheel.v1.RewardService",
         )
         self.grpc.add(
             admin_pb2_grpc.add_ModelAdminServicer_to_server,
             ModelAdminServicer(ROLE, self),
-            "flywheel.v1.ModelAdmin",
         )
         drain = settings.drain_timeout_s
         self.process = ServiceProcess(

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def check_same_run(
     saved: dict[str, Any],
     config: dict[str, Any],
     data_fingerprint: str | None,
-    neutral: set[str],
+    neutral: Collection[str],
 ) -> None:
     """Refuse a checkpoint made with another config (``neutral`` fields aside) or other data
     (``data_fingerprint`` None: the data is not checked, e.g. a stream of prompts)."""
@@ -172,7 +172,7 @@ class RunCheckpoints:
         stateful: dict[str, Any],
         config: dict[str, Any],
         data_fingerprint: str | None,
-        neutral: set[str],
+        neutral: Collection[str],
         every: int,
     ) -> None:
         self.folder = Path(checkpoint_dir) / self.NAME if checkpoint_dir is not None else None

@@ -45,13 +45,16 @@ class LoopStats:
         return self.items / max(self.seconds, 1e-9)
 
 
+# Config fields that do not change what a run computes: they may differ when a run resumes.
+RESUME_NEUTRAL_FIELDS = frozenset({"checkpoint_every", "log_every"})
+
+
 def optimiser_and_checkpoints(
     model: torch.nn.Module,
     config: Any,
     total_steps: int,
     data_id: str,
     checkpoint_dir: Any,
-    resume_neutral_fields: Any,
 ) -> tuple[torch.optim.Optimizer, Any, RunCheckpoints]:
     """AdamW with the config's schedule over ``total_steps``, and the run's checkpoints of
     the model, optimiser and schedule (keyed by the config and the data's fingerprint)."""
@@ -62,7 +65,7 @@ def optimiser_and_checkpoints(
         {"optimizer": optimizer, "scheduler": scheduler},
         to_dict(config),
         data_id,
-        resume_neutral_fields,
+        RESUME_NEUTRAL_FIELDS,
         config.checkpoint_every,
     )
     return optimizer, scheduler, checkpoints

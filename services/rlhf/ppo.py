@@ -49,7 +49,7 @@ from services.rlhf.checkpoint import RunCheckpoints
 from services.rlhf.config import option, to_dict
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.lm_loss import IGNORE_INDEX
-from services.rlhf.loop import StepReport, run_steps
+from services.rlhf.loop import RESUME_NEUTRAL_FIELDS, StepReport, run_steps
 from services.rlhf.optim import adamw
 from services.rlhf.ppo_math import (
     AdaptiveKLController,
@@ -66,9 +66,6 @@ from services.rlhf.sequences import ResponseBatch, build_response_batch, respons
 from services.rlhf.tokenization import Message, pad
 
 log = logging.getLogger(__name__)
-
-# Config fields that do not change what a run computes; they may differ on resume.
-_RESUME_NEUTRAL_FIELDS = {"checkpoint_every"}
 
 
 @dataclass(frozen=True)
@@ -232,7 +229,7 @@ class PPOTrainer:
             },
             to_dict(config),
             None,
-            _RESUME_NEUTRAL_FIELDS,
+            RESUME_NEUTRAL_FIELDS,
             config.checkpoint_every,
         )
         self.iteration = 0  # iterations completed (restored from a checkpoint by train)

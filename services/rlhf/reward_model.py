@@ -33,9 +33,6 @@ from services.rlhf.tokenization import Message, encode_prompt_answer, pad
 
 log = logging.getLogger(__name__)
 
-# Config fields that do not change what a run computes; they may differ on resume.
-_RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
-
 
 @dataclass(frozen=True)
 class Comparison:
@@ -181,7 +178,7 @@ def train_reward_model(
     total_steps = steps_per_epoch * config.epochs
     data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
     optimizer, scheduler, checkpoints = optimiser_and_checkpoints(
-        model, config, total_steps, data_id, checkpoint_dir, _RESUME_NEUTRAL_FIELDS
+        model, config, total_steps, data_id, checkpoint_dir
     )
     saved = checkpoints.restore() if resume else None
     result = RewardResult(steps=0)

@@ -51,9 +51,6 @@ from services.rlhf.tokenization import Encoded, Message, encode_prompt_answer, p
 
 log = logging.getLogger(__name__)
 
-# Config fields that do not change what the run computes; they may differ on resume.
-_RESUME_NEUTRAL_FIELDS = {"checkpoint_every", "log_every"}
-
 
 @dataclass(frozen=True)
 class Demonstration:
@@ -173,7 +170,7 @@ def train_sft(
     total_steps = steps_per_epoch * config.epochs
     data_id = fingerprint([[list(d.messages), d.answer] for d in demos])
     optimizer, scheduler, checkpoints = optimiser_and_checkpoints(
-        model, config, total_steps, data_id, checkpoint_dir, _RESUME_NEUTRAL_FIELDS
+        model, config, total_steps, data_id, checkpoint_dir
     )
     saved = checkpoints.restore() if resume else None
     run = _Progress()

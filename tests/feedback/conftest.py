@@ -6,18 +6,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import httpx
 import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
 
-from services.common.generated.flywheel.v1 import feedback_pb2_grpc
-from services.feedback.server import FeedbackServer
 from services.feedback.settings import FeedbackSettings
-from tests.harness import internal_channel
+from tests.harness import FeedbackService, feedback_settings
 
 TEST_POSTGRES_URL = os.environ.get(
     "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"
@@ -61,48 +57,17 @@ def feedback_redis_url(redis_url) -> str:
     return url
 
 
-@dataclass
-class RunningService:
-    server: FeedbackServer
-    http: httpx.Client
-    stub: feedback_pb2_grpc.FeedbackServiceStub
-    redis: redis.Redis
-
-    @property
-    def core(self):
-        return self.server.core
-
-
-def make_settings(database_url: str, redis_url: str, tmp_path, **overrides) -> FeedbackSettings:
-    return FeedbackSettings(
-        database_url=database_url,
-        FLYWHEEL_REDIS_URL=redis_url,
-        FLYWHEEL_DATA_DIR=tmp_path,
-        http_host="127.0.0.1",
-        http_port=0,
-        grpc_port=0,
-        drain_timeout_s=1,
-        **overrides,
-    )
-
-
 @pytest.fixture
 def service_settings(database_url, feedback_redis_url, tmp_path) -> FeedbackSettings:
     """Settings for an in-process service; tests may edit them before `feedback` starts it."""
-    return make_settings(database_url, feedback_redis_url, tmp_path)
+    return feedback_settings(database_url, feedback_redis_url, tmp_path)
 
 
 @pytest.fixture
-def feedback(service_settings) -> Iterator[RunningService]:
+def feedback(service_settings) -> Iterator[FeedbackService]:
     """The feedback service (HTTP + gRPC + writer + outbox relay) on loopback ports."""
-    server = FeedbackServer(service_settings)
-    server.start()
-    channel = internal_channel(f"127.0.0.1:{server.grpc_port}")
-    http = httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10)
-    client = redis.Redis.from_url(service_settings.redis_url, decode_responses=True)
+    service = FeedbackService(service_settings).start()
     try:
-        yield RunningService(server, http, feedback_pb2_grpc.FeedbackServiceStub(channel), client)
+        yield service
     finally:
-        http.close()
-        channel.close()
-        server.stop()
+        service.close()

@@ -139,3 +139,18 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(30)
+
+
+def stream_fields(event: dict) -> dict[str, str]:
+    """What the outbox relay puts on the events stream for ``event`` (the API's view of it)."""
+    comparison = event["comparison"] or {"comparison_id": "", "pairs": 0}
+    return {
+        "event_id": event["id"],
+        "kind": event["kind"],
+        "rater_key_id": event["rater_key_id"],
+        "candidate_group": event["candidate_group"],
+        "replaces": event["replaces"] or "",
+        "comparison_id": comparison["comparison_id"],
+        "pairs": str(comparison["pairs"]),
+        "recorded_at": event["recorded_at"],
+    }

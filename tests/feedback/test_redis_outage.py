@@ -23,7 +23,12 @@ import redis
 from services.common.credentials import new_api_key
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.redis_names import FEEDBACK_EVENTS_STREAM, feedback_delivered_key
-from tests.feedback.feedback_helpers import ServedGroup, ServiceProcess, serve_group
+from tests.feedback.feedback_helpers import (
+    ServedGroup,
+    ServiceProcess,
+    serve_group,
+    stream_fields,
+)
 from tests.harness import free_port
 
 BEFORE = 10  # events posted (and delivered) before the outage
@@ -208,17 +213,7 @@ def test_feedback_is_accepted_while_redis_is_down_and_delivered_after(service, p
         auth = {"Authorization": f"Bearer {key}"}
         for (_entry_id, fields), event in zip(entries, accepted, strict=True):
             stored = http.get(f"/v1/feedback/{event['id']}", headers=auth).json()
-            comparison = stored["comparison"] or {"comparison_id": "", "pairs": 0}
-            assert fields == {
-                "event_id": event["id"],
-                "kind": event["kind"],
-                "rater_key_id": event["rater_key_id"],
-                "candidate_group": event["candidate_group"],
-                "replaces": event["replaces"] or "",
-                "comparison_id": comparison["comparison_id"],
-                "pairs": str(comparison["pairs"]),
-                "recorded_at": event["recorded_at"],
-            }
+            assert fields == stream_fields({**event, "comparison": stored["comparison"]})
             # The relay remembers each delivery, so a retry after a crash cannot add it again.
             assert stream.ttl(feedback_delivered_key(event["id"])) > 0
 

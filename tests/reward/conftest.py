@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.registry import ModelRegistry
-from tests.conftest import add_tiny_reward_model
+from tests.harness import add_tiny_reward_model
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 
 import pytest
 
@@ -24,6 +24,18 @@ class Recorder:
             self.gate.wait(10)
         self.batches.append((key, list(items)))
         return [i * i for i in items]
+
+
+def busy_batcher() -> tuple[threading.Event, Recorder, DynamicBatcher, Future]:
+    """A started batcher whose worker is busy with the request ``blocker`` until ``gate`` is
+    set: what is submitted meanwhile waits in the queue."""
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = DynamicBatcher(run, max_batch=4, window_s=0)
+    batcher.start()
+    blocker = batcher.submit([1])
+    time.sleep(0.05)
+    return gate, run, batcher, blocker
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_results():
@@ -70,12 +82,7 @@ def test_a_full_queue_refuses_instead_of_growing():
 
 
 def test_an_expired_request_costs_no_compute():
-    gate = threading.Event()
-    run = Recorder(gate)
-    batcher = DynamicBatcher(run, max_batch=4, window_s=0)
-    batcher.start()
-    blocker = batcher.submit([1])
-    time.sleep(0.05)
+    gate, run, batcher, blocker = busy_batcher()
     late = batcher.submit([2], deadline=time.monotonic() + 0.01)
     time.sleep(0.05)
     gate.set()
@@ -111,12 +118,7 @@ def test_an_oversized_request_runs_in_chunks_of_max_batch():
 
 
 def test_a_request_cancelled_by_its_caller_is_skipped():
-    gate = threading.Event()
-    run = Recorder(gate)
-    batcher = DynamicBatcher(run, max_batch=4, window_s=0)
-    batcher.start()
-    blocker = batcher.submit([1])
-    time.sleep(0.05)
+    gate, run, batcher, blocker = busy_batcher()
     abandoned = batcher.submit([2], deadline=time.monotonic() - 1)
     assert abandoned.cancel()
     gate.set()

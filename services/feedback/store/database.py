@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -94,19 +95,19 @@ def _alembic_config(connection: sa.Connection) -> Config:
 
 def migrate(url: str, revision: str = "head") -> None:
     """Bring the database to ``revision`` (default: the newest schema)."""
-    engine = make_engine(url, writer=True)
-    try:
-        with engine.begin() as connection:
-            command.upgrade(_alembic_config(connection), revision)
-    finally:
-        engine.dispose()
+    _run_alembic(url, command.upgrade, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
+    _run_alembic(url, command.downgrade, revision)
+
+
+def _run_alembic(url: str, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run an Alembic command in one transaction on a writer connection of its own."""
     engine = make_engine(url, writer=True)
     try:
         with engine.begin() as connection:
-            command.downgrade(_alembic_config(connection), revision)
+            step(_alembic_config(connection), revision)
     finally:
         engine.dispose()
 

@@ -6,18 +6,14 @@ from services.common.openmp import keep_workers_spinning
 
 keep_workers_spinning()  # before torch is imported
 
-from services.common.logging_setup import configure_logging
-from services.common.metrics import set_build_info
+from services.common.runtime import run_service
 from services.inference.engine.server import EngineServer
 from services.inference.engine.settings import EngineSettings
 
 
 def main() -> int:
     settings = EngineSettings()
-    configure_logging("engine", settings.log_level, settings.log_format)
-    set_build_info("engine")
-    EngineServer(settings).process.serve_until_signal()
-    return 0
+    return run_service("engine", settings, lambda: EngineServer(settings).process)
 
 
 if __name__ == "__main__":

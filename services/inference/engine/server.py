@@ -55,7 +55,6 @@ class EngineServer:
         self.admin.add(
             admin_pb2_grpc.add_ModelAdminServicer_to_server,
             ModelAdminServicer(ROLE, self.policies),
-            "flywheel.v1.ModelAdmin",
         )
         self.watcher = PromotionWatcher(
             self.policies.registry,

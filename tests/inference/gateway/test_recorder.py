@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from services.common.generated.flywheel.v1 import feedback_pb2
 from services.inference.gateway.recorder import InteractionRecorder
 from services.inference.gateway.spool import InteractionSpool
-from tests.harness import SERVICE_TOKEN, wait_for
-from tests.inference.gateway.gateway_helpers import FeedbackHarness, make_interaction
+from tests.harness import SERVICE_TOKEN, FeedbackService, wait_for
+from tests.inference.gateway.gateway_helpers import make_interaction
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -53,7 +53,7 @@ def recorders():
         recorder.spool.close()
 
 
-def test_records_reach_the_feedback_service(tmp_path, feedback: FeedbackHarness, recorders):
+def test_records_reach_the_feedback_service(tmp_path, feedback: FeedbackService, recorders):
     created_before = sample("flywheel_gateway_records_delivered_total", outcome="created")
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
     recorder = recorders(spool, feedback.target)
@@ -85,7 +85,7 @@ def test_records_reach_the_feedback_service(tmp_path, feedback: FeedbackHarness,
     assert sample("flywheel_gateway_spool_pending") == 0
 
 
-def test_an_enqueue_wakes_the_recorder(tmp_path, feedback: FeedbackHarness):
+def test_an_enqueue_wakes_the_recorder(tmp_path, feedback: FeedbackService):
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
     recorder = InteractionRecorder(
         spool, feedback.target, service_token=SERVICE_TOKEN, idle_poll_s=60
@@ -103,7 +103,7 @@ def test_an_enqueue_wakes_the_recorder(tmp_path, feedback: FeedbackHarness):
 
 
 def test_outage_records_wait_and_are_delivered_after(
-    tmp_path, feedback: FeedbackHarness, recorders, caplog
+    tmp_path, feedback: FeedbackService, recorders, caplog
 ):
     caplog.set_level(logging.INFO, logger="services.inference.gateway.recorder")
     errors_before = sample("flywheel_gateway_record_errors_total", code="UNAVAILABLE")
@@ -139,7 +139,7 @@ def test_outage_records_wait_and_are_delivered_after(
     wait_for(lambda: any("spool drained: 8" in r.getMessage() for r in caplog.records))
 
 
-def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackHarness):
+def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackService):
     feedback.stop()
     spool = InteractionSpool(tmp_path / "spool.sqlite3")
     recorder = InteractionRecorder(
@@ -163,7 +163,7 @@ def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackHar
     assert feedback.interaction_count() == 4
 
 
-def test_a_lost_reply_is_not_doubled(tmp_path, feedback: FeedbackHarness, recorders):
+def test_a_lost_reply_is_not_doubled(tmp_path, feedback: FeedbackService, recorders):
     """The process dies after the service stored a record but before the spool forgot it:
     the restarted recorder sends it again, and the service keeps one copy."""
     path = tmp_path / "spool.sqlite3"
@@ -209,7 +209,7 @@ for i in range(1_000_000):
 """
 
 
-def test_the_spool_survives_sigkill(tmp_path, feedback: FeedbackHarness, recorders):
+def test_the_spool_survives_sigkill(tmp_path, feedback: FeedbackService, recorders):
     path = tmp_path / "spool.sqlite3"
     producer = subprocess.Popen(
         [sys.executable, "-c", _PRODUCER, str(path)],
@@ -241,7 +241,7 @@ def test_the_spool_survives_sigkill(tmp_path, feedback: FeedbackHarness, recorde
 
 
 def test_a_refused_record_is_dead_lettered_and_does_not_block(
-    tmp_path, feedback: FeedbackHarness, recorders, caplog
+    tmp_path, feedback: FeedbackService, recorders, caplog
 ):
     caplog.set_level(logging.ERROR, logger="services.inference.gateway.recorder")
     dead_before = sample("flywheel_gateway_records_dead_total")

@@ -1,6 +1,7 @@
-"""Fixtures for the gateway: real Redis (database 5), the real feedback service in-process
-(which can be stopped and started again on the same port), and the whole public API on
-loopback (`stack`: the gateway in front of the real engine, reward and feedback services)."""
+"""The whole public API on loopback, for the end-to-end and gateway tests: real Redis
+(database 5), the real feedback service in-process (which can be stopped and started again on
+the same ports), and `stack`: the gateway in front of the real engine, reward and feedback
+services. Registered for the whole suite in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from services.inference.gateway.server import GatewayServer
 from services.inference.gateway.settings import GatewaySettings
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
-from tests.conftest import add_tiny_reward_model
-from tests.inference.gateway.gateway_helpers import FeedbackHarness
+from tests.harness import FeedbackService, add_tiny_reward_model, feedback_settings
 from tests.inference.inference_helpers import engine_settings
 
 GATEWAY_REDIS_DB = 5
@@ -35,14 +35,21 @@ def gateway_redis_url(redis_url) -> str:
 
 
 @pytest.fixture
-def feedback(tmp_path, gateway_redis_url) -> Iterator[FeedbackHarness]:
-    harness = FeedbackHarness(tmp_path / "feedback", gateway_redis_url)
-    (tmp_path / "feedback").mkdir()
-    harness.start()
+def feedback(tmp_path, gateway_redis_url) -> Iterator[FeedbackService]:
+    data_dir = tmp_path / "feedback"
+    data_dir.mkdir()
+    settings = feedback_settings(
+        f"sqlite:///{data_dir / 'feedback.sqlite3'}",
+        gateway_redis_url,
+        data_dir,
+        drain_timeout_s=0.5,
+        revocation_refresh_s=0.2,
+    )
+    service = FeedbackService(settings).start()
     try:
-        yield harness
+        yield service
     finally:
-        harness.stop()
+        service.close()
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from services.common.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
 from tests.harness import free_port, wait_for
-from tests.inference.gateway.conftest import gateway_settings
+from tests.stack_fixtures import gateway_settings
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
