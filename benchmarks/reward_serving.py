@@ -8,7 +8,7 @@ The RM is SmolLM2-135M-Instruct with a fresh scalar head (what the trainer start
 weights on the CPU, registered as reward/v0 in a temporary registry built from the store's policy/v0
 (`flywheel models init` makes it; this script runs it into a temporary folder if --store has
 none). Both sides score the same (prompt, answer) pairs: 64 chat prompts with answers of
-10-60 words. Baseline: a loop calling the RM library (`score_answers`) on one answer at a time.
+10-60 words. Baseline: a loop calling the RM library (`read_rewards`) on one answer at a time.
 Ours: the reward service on loopback (`RewardServer`), C threads each calling Score with one
 answer in a closed loop. Each precision runs both sides: fp32 (the library's default, the
 trainer's scores) and bf16 (matmuls in bf16 under autocast, the service's default where the
@@ -41,7 +41,7 @@ from services.common.service_auth import service_channel
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.reward_model import score_answers
+from services.rlhf.reward_reading import read_rewards
 
 WORDS = [
     "the",
@@ -105,7 +105,7 @@ def one_at_a_time(model, tokenizer, items, seconds: float, precision: str) -> fl
     with torch.inference_mode(), bf16:
         while time.perf_counter() - started < seconds:
             prompt, answer = items[done % len(items)]
-            score_answers(model, tokenizer, [(prompt, answer)], batch_size=1)
+            read_rewards(model, tokenizer, [(prompt, answer)], batch_size=1)
             done += 1
     return done / (time.perf_counter() - started)
 

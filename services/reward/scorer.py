@@ -37,13 +37,8 @@ from services.reward import metrics
 from services.reward.batcher import DeadlineExceeded, DynamicBatcher
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.packed_scoring import PackedScorer, supports_packing
-from services.rlhf.tokenization import (
-    Encoded,
-    Message,
-    chat_template_prefix,
-    encode_prompt_answer,
-    pad,
-)
+from services.rlhf.reward_reading import reward_input
+from services.rlhf.tokenization import Encoded, Message, chat_template_prefix, pad
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +145,7 @@ class RewardScorer:
         encoded = []
         for index, answer in enumerate(answers):
             # Encoded without truncation: an over-long input is refused, not silently cut.
-            item = encode_prompt_answer(served.tokenizer, prompt, answer, 1 << 30)
+            item = reward_input(served.tokenizer, prompt, answer, 1 << 30)
             if len(item.input_ids) > self.max_tokens:
                 raise TooLong(call, index, len(item.input_ids), self.max_tokens)
             encoded.append(item)

@@ -16,7 +16,7 @@ import torch
 
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.lm_loss import IGNORE_INDEX, next_token_nll
-from services.rlhf.reward_model import score_answers
+from services.rlhf.reward_reading import read_rewards
 from services.rlhf.sequences import build_response_batch, response_logprobs
 from services.rlhf.tokenization import Message, pad
 
@@ -55,7 +55,7 @@ def win_rate(
 
 def reward_model_judge(model: ScalarHeadModel, tokenizer, max_length: int = 512) -> Judge:
     def judge(prompt: Sequence[Message], answer_a: str, answer_b: str) -> float:
-        a, b = score_answers(model, tokenizer, [(prompt, answer_a), (prompt, answer_b)], max_length)
+        a, b = read_rewards(model, tokenizer, [(prompt, answer_a), (prompt, answer_b)], max_length)
         return 1.0 if a > b else 0.0 if a < b else 0.5
 
     return judge
@@ -68,7 +68,7 @@ def mean_reward(
     answers: Sequence[str],
     max_length: int = 512,
 ) -> float:
-    scores = score_answers(model, tokenizer, list(zip(prompts, answers, strict=True)), max_length)
+    scores = read_rewards(model, tokenizer, list(zip(prompts, answers, strict=True)), max_length)
     return sum(scores) / len(scores)
 
 

@@ -3,7 +3,9 @@
 One iteration (:meth:`PPOTrainer.step`) on a batch of prompts:
 
 1. Rollout: sample one answer per prompt from the policy (KV-cached, temperature 1).
-2. Score: the reward model's scalar at the last token of prompt + answer.
+2. Score: each answer as the reward service would score it (decoded to text and read where
+   the RM was trained: services/rlhf/reward_reading.py); an answer cut at the length limit
+   gets ``truncated_answer_score`` instead.
 3. Freeze the targets: the policy's log-probabilities of the answer tokens (read
    off the generation pass, so no second policy forward), the reference's, the
    value model's predictions before each answer token, the per-token rewards
@@ -62,6 +64,7 @@ from services.rlhf.ppo_math import (
     ptx_loss,
     value_loss,
 )
+from services.rlhf.reward_reading import ends_its_turn, read_rewards, served_text
 from services.rlhf.sequences import ResponseBatch, build_response_batch, response_logprobs
 from services.rlhf.tokenization import Message, pad
 
@@ -78,9 +81,28 @@ class Rollout:
     values: torch.Tensor  # the value model's estimates at rollout time
     advantages: torch.Tensor  # GAE (whitened when the config says so)
     returns: torch.Tensor  # advantages + values: the value model's targets
-    scores: torch.Tensor  # (episodes,): the reward model's score of each answer
+    scores: torch.Tensor  # (episodes,): the score of each answer (see PPOTrainer._scores)
+    finished: torch.Tensor  # (episodes,) bool: the answer ended its turn (not cut)
     kl: torch.Tensor  # per-token log(pi / pi_ref) at rollout time
     beta: float  # the KL coefficient of this iteration
+
+
+# The per-iteration statistics under the names TRL and OpenRLHF users know from their logs.
+STANDARD_METRIC_NAMES = {
+    "objective/kl": "kl",
+    "objective/entropy": "entropy",
+    "objective/scores": "score",
+    "policy/approxkl_avg": "approx_kl",
+    "policy/clipfrac_avg": "policy_clip_fraction",
+    "loss/policy_avg": "policy_loss",
+    "loss/value_avg": "value_loss",
+    "val/ratio": "ratio",
+}
+
+
+def standard_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """One iteration's statistics (:meth:`PPOTrainer.step`) under the standard names."""
+    return {name: stats[key] for name, key in STANDARD_METRIC_NAMES.items()}
 
 
 def _default_sampling() -> SamplingConfig:
@@ -119,14 +141,22 @@ class PPOConfig:
         "PPO-ptx gamma: weight of the pretraining LM loss; 0 disables it. The paper: 27.8 "
         "(DeepSpeed-Chat found that unstable).",
     )
-    ptx_batch_size: int = option(
-        8,
-        "Pretraining texts per optimizer step. The paper used 8x as many pretraining examples "
-        "as RL episodes.",
+    ptx_per_episode: float = option(
+        8.0,
+        "Pretraining texts per RL episode in each minibatch (the paper: 8x as many pretraining "
+        "examples as RL episodes). They run in chunks of minibatch_size, so memory stays bounded.",
     )
     ptx_max_length: int = option(256, "Pretraining texts are cut to this many tokens.")
     max_grad_norm: float = option(1.0, "Gradient norm clip, applied to policy and value apart.")
     whiten_advantages: bool = option(True, "Normalise advantages over the batch (mean 0, std 1).")
+    truncated_answer_score: float | None = option(
+        -1.0,
+        "The score an answer cut at max_new_tokens gets instead of the RM's (the RM never saw an "
+        "unfinished answer; a centred RM gives reference answers 0). None: the RM scores it.",
+    )
+    reward_max_length: int = option(
+        1024, "Most tokens of prompt + answer the reward model reads (as the reward service)."
+    )
     sampling: SamplingConfig = dataclasses.field(
         default_factory=_default_sampling,
         metadata={"help": "Rollout sampling (keep do_sample=True, temperature 1 as the paper)."},
@@ -155,10 +185,6 @@ def _device(module: torch.nn.Module, fallback: torch.device | None = None) -> to
     return param.device if param is not None else (fallback or torch.device("cpu"))
 
 
-def _scores(reward_model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
-    return reward_model.rewards(batch.input_ids, batch.attention_mask, batch.position_ids)
-
-
 def _values(value_model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
     """(B, T) value of the state *before* each answer token, 0 on padding.
 
@@ -176,7 +202,7 @@ class PPOTrainer:
     frozen; ``value_model`` (a :class:`~services.rlhf.heads.ScalarHeadModel`) is trained
     and, as in the paper, should start as a copy of the reward model: pass None to
     get ``copy.deepcopy(reward_model)``. Any reward module with
-    ``rewards(input_ids, attention_mask, position_ids)`` -> (batch,) works.
+    ``rewards(input_ids, attention_mask)`` -> (batch,) works.
     """
 
     def __init__(
@@ -257,16 +283,15 @@ class PPOTrainer:
         logp = torch.tensor(
             [row + [0.0] * (width - len(row)) for row in rollout.logprobs], device=device
         )
-        parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "scores": []}
+        parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": []}
         for start in range(0, len(prompts), cfg.minibatch_size):
             chunk = batch.rows(torch.arange(start, min(start + cfg.minibatch_size, len(prompts))))
             ref_chunk = chunk.to(_device(self.reference))
             parts["ref"].append(response_logprobs(self.reference, ref_chunk).to(device))
             parts["values"].append(_values(self.value_model, chunk.to(_device(self.value_model))))
-            rm_chunk = chunk.to(_device(self.reward_model, device))
-            parts["scores"].append(_scores(self.reward_model, rm_chunk).float().to(device))
-        ref, values, scores = (torch.cat(parts[k]) for k in ("ref", "values", "scores"))
-        values = values.to(device)
+        ref, values = (torch.cat(parts[k]).to(device) for k in ("ref", "values"))
+        scores, finished = self._scores(prompts, rollout.answer_ids)
+        scores, finished = scores.to(device), finished.to(device)
         mask = batch.response_mask
         beta = self.kl_controller.value
         # Rewards are built from the rollout-time log-probs, so the KL penalty is a fixed
@@ -275,16 +300,51 @@ class PPOTrainer:
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        return Rollout(batch, logp, values, advantages, returns, scores, kl, beta)
+        return Rollout(batch, logp, values, advantages, returns, scores, finished, kl, beta)
 
-    def _ptx_batch(
-        self, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        picks = torch.randint(len(self.ptx_ids), (self.config.ptx_batch_size,), generator=generator)
-        ids, mask = pad([self.ptx_ids[i] for i in picks.tolist()], self.tokenizer.pad_token_id)
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        device = _device(self.policy)
-        return ids.to(device), mask.to(device), labels.to(device)
+    def _scores(
+        self, prompts: Sequence[Sequence[Message]], answer_ids: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, finished): the reward model's score of each answer, read as the reward
+        service reads it (services/rlhf/reward_reading.py), or the fixed score of an answer cut
+        at the length limit; and whether each answer ended its turn."""
+        cfg = self.config
+        finished = torch.tensor([ends_its_turn(self.tokenizer, ids) for ids in answer_ids])
+        items = [
+            (prompt, served_text(self.tokenizer, ids))
+            for prompt, ids in zip(prompts, answer_ids, strict=True)
+        ]
+        scores = torch.tensor(
+            read_rewards(
+                self.reward_model,
+                self.tokenizer,
+                items,
+                max_length=cfg.reward_max_length,
+                batch_size=cfg.minibatch_size,
+            )
+        )
+        if cfg.truncated_answer_score is not None:
+            scores = torch.where(finished, scores, torch.tensor(cfg.truncated_answer_score))
+        return scores, finished
+
+    def _ptx_backward(self, episodes: int, generator: torch.Generator) -> float:
+        """Draw ``ptx_per_episode`` pretraining texts per episode of the minibatch and add
+        ``ptx_coef`` times their mean LM loss to the policy's gradient, chunk by chunk (each
+        chunk weighted by its share of the texts, so the sum is the mean over all of them).
+        Returns that mean loss."""
+        cfg = self.config
+        count = max(1, round(cfg.ptx_per_episode * episodes))
+        picks = torch.randint(len(self.ptx_ids), (count,), generator=generator).tolist()
+        device, total = _device(self.policy), 0.0
+        for start in range(0, count, cfg.minibatch_size):
+            chunk = picks[start : start + cfg.minibatch_size]
+            ids, mask = pad([self.ptx_ids[i] for i in chunk], self.tokenizer.pad_token_id)
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            logits = self.policy(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            lm_loss = ptx_loss(logits, labels.to(device))
+            (cfg.ptx_coef * lm_loss * len(chunk) / count).backward()
+            total += lm_loss.item() * len(chunk) / count
+        return total
 
     def step(
         self, prompts: Sequence[Sequence[Message]], seed: int | None = None
@@ -296,7 +356,10 @@ class PPOTrainer:
         ``kl`` (per answer: sum over tokens, mean over answers, nats), ``reward`` (score minus
         beta * kl), ``beta`` (used this iteration), ``policy_loss``, ``value_loss``,
         ``policy_clip_fraction``, ``value_clip_fraction``, ``approx_kl`` (old vs new policy),
-        ``ptx_loss`` (0 without ptx), ``answer_length``, ``episodes_per_s``, ``seconds``.
+        ``ratio`` (mean probability ratio), ``entropy`` (per token, estimated from the samples),
+        ``ptx_loss`` (0 without ptx), ``answer_length``, ``finished_fraction`` (answers that
+        ended their turn), ``episodes_per_s``, ``seconds``. :func:`standard_metrics` renames
+        them as TRL and OpenRLHF log them.
         """
         cfg = self.config
         start_time = time.perf_counter()
@@ -321,15 +384,11 @@ class PPOTrainer:
                 p_loss, p_stats = policy_loss(
                     logp, r.logprobs[idx], r.advantages[idx], sub_mask, cfg.clip_range
                 )
-                loss = p_loss
-                if use_ptx:
-                    ids, ptx_mask, labels = self._ptx_batch(generator)
-                    logits = self.policy(input_ids=ids, attention_mask=ptx_mask).logits
-                    lm_loss = ptx_loss(logits, labels)
-                    loss = loss + cfg.ptx_coef * lm_loss
-                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lm_loss.item()
                 self.policy_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                p_loss.backward()
+                if use_ptx:
+                    lm_loss = self._ptx_backward(len(idx), generator)
+                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + lm_loss
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.policy_optimizer.step()
 
@@ -347,6 +406,7 @@ class PPOTrainer:
                     ("policy_loss", p_loss),
                     ("policy_clip_fraction", p_stats["clip_fraction"]),
                     ("approx_kl", p_stats["approx_kl"]),
+                    ("ratio", p_stats["ratio"]),
                     ("value_loss", v_loss),
                     ("value_clip_fraction", v_stats["clip_fraction"]),
                 ):
@@ -365,6 +425,9 @@ class PPOTrainer:
             reward=(r.scores - r.beta * kl_per_episode).mean().item(),
             beta=r.beta,
             answer_length=mask.sum(dim=1).mean().item(),
+            finished_fraction=r.finished.float().mean().item(),
+            # A sample estimate of the policy's per-token entropy: -E[log pi(token)].
+            entropy=-masked_mean(r.logprobs, mask).item(),
             advantage_mean=masked_mean(r.advantages, mask).item(),
             episodes_per_s=len(prompts) / elapsed,
             seconds=elapsed,

@@ -72,9 +72,13 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     Statistics are taken over the whole batch (not per row), so an answer that is
     better than the batch's others keeps a positive advantage everywhere. With
     ``shift_mean=False`` only the scale changes: ``(x - mean) / std + mean``.
-    Masked positions stay 0.
+    Masked positions stay 0. With a single real position only the mean is removed.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean = masked_mean(x, mask)
+    if mask.to(x.dtype).sum() < 2:
+        # One real position (a batch of one one-token answer) has no spread to divide by.
+        return ((x - mean) if shift_mean else x) * mask.to(x.dtype)
+    var = masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
     if not shift_mean:
         whitened = whitened + mean
@@ -227,6 +231,7 @@ def policy_loss(
 
     * ``clip_fraction``: share of real tokens where the clipped term is the one the
       min picks (strictly smaller), i.e. tokens that get no gradient.
+    * ``ratio``: the mean probability ratio (1 on the first minibatch of an iteration).
     * ``approx_kl``: ``mean_m((ratio - 1) - log ratio)``. Under samples from the old
       policy E[ratio] = 1, so this is an unbiased estimate of KL(pi_old || pi_new);
       every term is >= 0 (since e^x >= 1 + x), so it is lower-variance than
@@ -241,6 +246,7 @@ def policy_loss(
         stats = {
             "clip_fraction": masked_mean((clipped < unclipped).to(ratio.dtype), mask),
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+            "ratio": masked_mean(ratio, mask),
         }
     return loss, stats
 

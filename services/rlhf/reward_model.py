@@ -29,7 +29,8 @@ from services.rlhf.loop import (
     run_steps,
     seed_fresh_run,
 )
-from services.rlhf.tokenization import Message, encode_prompt_answer, pad
+from services.rlhf.reward_reading import read_rewards, reward_input
+from services.rlhf.tokenization import Message, pad
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _collate(tokenizer, groups: Sequence[Comparison], max_length: int, device) -
         offset = len(sequences)
         for answer in comparison.answers:
             sequences.append(
-                encode_prompt_answer(tokenizer, comparison.prompt, answer, max_length).input_ids
+                reward_input(tokenizer, comparison.prompt, answer, max_length).input_ids
             )
         for better, worse in comparison.pairs:
             pairs.append((offset + better, offset + worse))
@@ -227,23 +228,6 @@ def train_reward_model(
 
 
 @torch.no_grad()
-def score_answers(
-    model: ScalarHeadModel,
-    tokenizer,
-    items: Sequence[tuple[Sequence[Message], str]],
-    max_length: int = 512,
-    batch_size: int = 16,
-) -> list[float]:
-    """The reward of each (prompt, answer), in order."""
-    scores: list[float] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        encoded = [encode_prompt_answer(tokenizer, p, a, max_length).input_ids for p, a in chunk]
-        ids, mask = pad(encoded, tokenizer.pad_token_id)
-        scores.extend(model.rewards(ids.to(model.device), mask.to(model.device)).tolist())
-    return scores
-
-
 def pairwise_accuracy(
     model: ScalarHeadModel,
     tokenizer,
@@ -253,7 +237,7 @@ def pairwise_accuracy(
 ) -> float:
     """Fraction of (better, worse) pairs the model orders correctly; an exact tie counts half."""
     items = [(c.prompt, a) for c in comparisons for a in c.answers]
-    scores = score_answers(model, tokenizer, items, max_length, batch_size)
+    scores = read_rewards(model, tokenizer, items, max_length, batch_size)
     correct, total, offset = 0.0, 0, 0
     for comparison in comparisons:
         for better, worse in comparison.pairs:
@@ -280,6 +264,6 @@ def centre_on_references(
     """
     if not references:
         raise ValueError("need reference answers to centre the rewards on")
-    mean = sum(score_answers(model, tokenizer, references, max_length)) / len(references)
+    mean = sum(read_rewards(model, tokenizer, references, max_length)) / len(references)
     model.shift_bias(-mean)
     return -mean

@@ -46,14 +46,17 @@ def encode_prompt_answer(
     """Prompt and answer tokens. Over ``max_length``, the prompt keeps its end (the question)
     and at least half the budget goes to the answer, whose end is cut."""
     prompt = encode_prompt(tokenizer, messages)
-    full = list(
-        tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": answer}], tokenize=True
-        )["input_ids"]
+    prompt_text = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=False
     )
-    if full[: len(prompt)] != prompt:
+    full_text = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
         raise ValueError("the chat template does not extend the prompt with the answer")
-    answer_ids = full[len(prompt) :]
+    # The answer is tokenised on its own, as generation produces it after the prompt's
+    # tokens: an answer that starts with a newline must not merge with the prompt's last one.
+    answer_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
     if len(prompt) + len(answer_ids) > max_length:
         prompt_budget = max(max_length - len(answer_ids), max_length // 2)
         prompt = prompt[-prompt_budget:]

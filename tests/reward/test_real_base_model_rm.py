@@ -13,7 +13,7 @@ from services.common.registry import ModelRegistry
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.reward_model import score_answers
+from services.rlhf.reward_reading import read_rewards
 from tests.harness import internal_channel
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_served_rewards_from_a_smollm2_rm_equal_the_library(real_store, tmp_path
 
     registry.promote("reward", registry.create_version("reward", write).version)
     with torch.inference_mode():
-        expected = score_answers(rm, tokenizer, [(PROMPT, a) for a in ANSWERS])
+        expected = read_rewards(rm, tokenizer, [(PROMPT, a) for a in ANSWERS])
 
     server = RewardServer(
         RewardSettings(

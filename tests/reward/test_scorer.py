@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from services.reward.batcher import DeadlineExceeded
 from services.reward.scorer import NotLoaded, RewardScorer, TooLong
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.reward_model import score_answers
+from services.rlhf.reward_reading import read_rewards
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 ANSWERS = ["Blue.", "Red, like a ripe tomato.", "I would rather not say."]
@@ -51,7 +51,7 @@ def test_scores_equal_the_rm_librarys_own(scorer, reward_store):
     model = ScalarHeadModel.from_pretrained(info.path).eval()
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     with torch.inference_mode():
-        expected = score_answers(model, tokenizer, [(PROMPT, a) for a in ANSWERS])
+        expected = read_rewards(model, tokenizer, [(PROMPT, a) for a in ANSWERS])
     assert version == "v0"
     assert rewards == pytest.approx(expected, abs=1e-5)
 

@@ -15,7 +15,7 @@ from services.rlhf.evaluation import (
 )
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.reward_model import score_answers
+from services.rlhf.reward_reading import read_rewards
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 
@@ -41,7 +41,7 @@ def test_win_rate_counts_ties_half():
 def test_reward_model_judge_and_mean_reward_agree_with_scores(tiny_model_dir, tokenizer):
     rm = ScalarHeadModel.from_pretrained(tiny_model_dir).eval()
     answers = ["blue sky", "a long walk in the park", "no"]
-    scores = score_answers(rm, tokenizer, [(PROMPT, a) for a in answers])
+    scores = read_rewards(rm, tokenizer, [(PROMPT, a) for a in answers])
     judge = reward_model_judge(rm, tokenizer)
     assert judge(PROMPT, answers[0], answers[1]) == (1.0 if scores[0] > scores[1] else 0.0)
     assert judge(PROMPT, answers[2], answers[2]) == 0.5

@@ -15,10 +15,9 @@ from services.rlhf.config import from_dict, to_dict
 from services.rlhf.evaluation import perplexity
 from services.rlhf.generation import SamplingConfig
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.ppo import PPOConfig, PPOTrainer
+from services.rlhf.ppo import PPOConfig, PPOTrainer, standard_metrics
 from services.rlhf.sequences import build_response_batch
 
-NEWLINE = 198  # "\n": the scaled tiny model already samples it often, so PPO can find it
 PROMPTS = [[{"role": "user", "content": f"Tell me something about topic {i}."}] for i in range(16)]
 PTX_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -29,14 +28,23 @@ PTX_TEXTS = [
 
 
 class NewlineCountReward(nn.Module):
-    """Stands in for a trained reward model: the score is how many newline tokens the row holds.
+    """Stands in for a trained reward model: the score is how many newlines the conversation
+    holds (counted in its text, so it does not matter how the newlines were tokenised).
 
     The prompt's newlines are the same for every prompt here (one chat template, no newline
     in the user text), so differences in score come from the answer alone.
     """
 
+    def __init__(self, tokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
     def rewards(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-        return ((input_ids == NEWLINE) & attention_mask.bool()).sum(dim=1).float()
+        texts = [
+            self.tokenizer.decode(row[mask.bool()].tolist())
+            for row, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+        return torch.tensor([float(text.count("\n")) for text in texts])
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +71,8 @@ def small_config(**overrides) -> PPOConfig:
         sampling=SamplingConfig(max_new_tokens=8),
         checkpoint_every=100,
         seed=0,
+        # Eight tokens of a random model rarely end a turn: let the rule score every answer.
+        truncated_answer_score=None,
     )
     return dataclasses.replace(base, **overrides)
 
@@ -77,7 +87,7 @@ def make_trainer(policy_dir, config, ptx_texts=None, checkpoint_dir=None) -> PPO
         policy,
         reference,
         value_model,
-        NewlineCountReward(),
+        NewlineCountReward(AutoTokenizer.from_pretrained(policy_dir)),
         AutoTokenizer.from_pretrained(policy_dir),
         config,
         ptx_texts=ptx_texts,
@@ -107,6 +117,10 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(straight_run):
     assert {"policy_loss", "value_loss", "policy_clip_fraction", "episodes_per_s"} <= set(
         history[0]
     )
+    named = standard_metrics(history[0])
+    assert named["objective/kl"] == history[0]["kl"]
+    assert named["val/ratio"] == pytest.approx(1.0, abs=0.2)  # one epoch in: close to 1
+    assert named["objective/entropy"] > 0
 
 
 def test_ptx_keeps_perplexity_on_pretraining_texts_lower(policy_dir):
@@ -177,3 +191,42 @@ def test_config_round_trips_and_ptx_needs_texts(policy_dir):
     assert from_dict(PPOConfig, to_dict(config)) == config
     with pytest.raises(ValueError, match="ptx_texts"):
         make_trainer(policy_dir, config)
+
+
+def test_an_answer_cut_at_the_limit_gets_the_fixed_score(policy_dir):
+    trainer = make_trainer(
+        policy_dir,
+        small_config(truncated_answer_score=-3.0, sampling=SamplingConfig(max_new_tokens=2)),
+    )
+    eos = trainer.tokenizer.eos_token_id
+    scores, finished = trainer._scores(PROMPTS[:3], [[11, 12], [13, eos], [eos]])
+    assert finished.tolist() == [False, True, True]
+    assert scores[0].item() == -3.0
+    # A finished answer keeps the reward model's score (here: the template's newlines).
+    assert scores[1].item() == scores[2].item() > 0
+
+
+def test_a_batch_of_one_one_token_answer_trains_without_error(policy_dir):
+    config = small_config(
+        rollout_batch_size=1, minibatch_size=1, sampling=SamplingConfig(max_new_tokens=1)
+    )
+    stats = make_trainer(policy_dir, config).step(PROMPTS[:1], seed=0)
+    assert stats["answer_length"] == 1.0
+    assert all(value == value for value in stats.values())  # no NaN anywhere
+
+
+def test_ptx_draws_the_papers_ratio_of_texts_per_episode(policy_dir):
+    config = small_config(ptx_coef=1.0, ptx_per_episode=3.0, ppo_epochs=1)
+    trainer = make_trainer(policy_dir, config, ptx_texts=PTX_TEXTS)
+    rows_without_positions = []  # ptx forwards: plain text, no position ids
+
+    def record(_module, _args, kwargs, _out):
+        if kwargs.get("position_ids") is None and "logits_to_keep" not in kwargs:
+            rows_without_positions.append(kwargs["input_ids"].shape[0])
+
+    hook = trainer.policy.register_forward_hook(record, with_kwargs=True)
+    trainer.step(PROMPTS[:8], seed=0)
+    hook.remove()
+    # 8 episodes in minibatches of 4: 12 texts per minibatch, run in chunks of 4.
+    assert sum(rows_without_positions) == 2 * 12
+    assert max(rows_without_positions) <= 4

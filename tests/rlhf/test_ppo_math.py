@@ -234,3 +234,10 @@ def test_ptx_loss_with_nothing_to_score_is_zero_with_a_gradient():
     loss.backward()
     assert loss.item() == 0.0
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_whitening_a_single_real_position_removes_the_mean_only():
+    x = torch.tensor([[0.7, 5.0]])
+    mask = torch.tensor([[1.0, 0.0]])
+    assert masked_whiten(x, mask).tolist() == [[0.0, 0.0]]
+    assert masked_whiten(x, mask, shift_mean=False).tolist() == [[pytest.approx(0.7), 0.0]]

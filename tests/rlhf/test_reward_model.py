@@ -15,9 +15,9 @@ from services.rlhf.reward_model import (
     centre_on_references,
     kwise_loss,
     pairwise_accuracy,
-    score_answers,
     train_reward_model,
 )
+from services.rlhf.reward_reading import read_rewards
 
 
 def softplus_neg(d: float) -> float:
@@ -94,7 +94,7 @@ def test_kwise_equals_mean_of_pairwise_losses_with_one_forward_per_answer(
     # Pairwise, the way a pair-at-a-time trainer sees it: each pair scored on its own.
     pair_losses = []
     for better, worse in comparison.pairs:
-        scores = score_answers(
+        scores = read_rewards(
             model, tokenizer, [(prompt, answers[better]), (prompt, answers[worse])]
         )
         pair_losses.append(-F.logsigmoid(torch.tensor(scores[0] - scores[1])).item())
@@ -137,7 +137,7 @@ def test_learns_a_synthetic_preference_and_centres_on_references(tiny_model_dir,
 
     references = [(c.prompt, c.answers[0]) for c in heldout]
     shift = centre_on_references(model, tokenizer, references, max_length=64)
-    centred = score_answers(model, tokenizer, references, max_length=64)
+    centred = read_rewards(model, tokenizer, references, max_length=64)
     assert abs(sum(centred) / len(centred)) < 1e-4
     assert shift != 0.0
     assert pairwise_accuracy(model, tokenizer, heldout) == after  # a shift keeps every order
