@@ -119,7 +119,7 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(straight_run):
     )
     named = standard_metrics(history[0])
     assert named["objective/kl"] == history[0]["kl"]
-    assert named["val/ratio"] == pytest.approx(1.0, abs=0.2)  # one epoch in: close to 1
+    assert 0.5 < named["val/ratio"] < 2.0  # a large lr here, yet a bounded policy change
     assert named["objective/entropy"] > 0
 
 
