@@ -1,123 +1,29 @@
-"""Engines for the store, and migrating it to the current schema.
+"""Engines for the store, migrating it to the current schema, and checkpointing its WAL.
 
-SQLite (the default, one file under the data folder) runs in WAL mode with
-``synchronous=FULL``: a commit returns only once the WAL is fsynced, so an acknowledged
-event survives a power cut, not just a process crash. Writes are serialised by one writer
-thread (see writer.py), which opens its transactions with ``BEGIN IMMEDIATE`` so it never
-has to upgrade a read lock; readers use plain deferred transactions and never block it.
+Engines and migrations are services/common/sql.py's (SQLite in WAL mode with fsync on
+commit, or PostgreSQL). Writes are serialised by one writer thread (see writer.py), which
+opens its transactions with ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+
+from services.common.sql import Migrations, is_sqlite, make_engine
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-def is_sqlite(url: str | sa.URL) -> bool:
-    return sa.make_url(url).get_backend_name() == "sqlite"
-
-
-def _create_private_file(url: str | sa.URL) -> None:
-    """Create a SQLite file readable by its owner only (0600) before SQLite opens it: it holds
-    prompts and answers. SQLite gives its -wal and -shm files the database file's mode."""
-    path = sa.make_url(url).database
-    if not path or path == ":memory:":
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.fchmod(fd, 0o600)  # a file made before this rule existed is tightened too
-    os.close(fd)
-
-
-def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Engine:
-    """An engine for readers, or (``writer=True``) for the single writer connection."""
-    if not is_sqlite(url):
-        return sa.create_engine(
-            url,
-            pool_size=1 if writer else pool_size,
-            max_overflow=0 if writer else 4,
-            pool_pre_ping=True,
-        )
-    _create_private_file(url)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
-        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (needed for
-        # SAVEPOINT and BEGIN IMMEDIATE; see SQLAlchemy's pysqlite notes).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # 1 KiB pages (for a new file; an existing one keeps its size): a vote dirties a few
-        # leaf pages of indexes with random keys, and every commit writes each dirty page whole
-        # to the WAL and fsyncs it. Measured: 29 KiB of WAL per event at 4 KiB pages, 10 KiB at
-        # 1 KiB, with fewer commit and checkpoint stalls (docs/benchmarks.md).
-        cursor.execute("PRAGMA page_size=1024")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # 64 MiB of page cache per connection instead of SQLite's 2 MiB: the indexes a vote
-        # touches stay in memory as the store grows.
-        cursor.execute("PRAGMA cache_size=-65536")
-        if writer:
-            # The writer never checkpoints itself (a checkpoint inside a commit stalls every
-            # request of that batch); the store's Checkpointer thread does it in the background.
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection) -> None:
-        connection.exec_driver_sql(begin)
-
-    return engine
-
-
-def _alembic_config(connection: sa.Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = connection
-    return config
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (default: the newest schema)."""
-    _run_alembic(url, command.upgrade, revision)
-
-
-def downgrade(url: str, revision: str) -> None:
-    _run_alembic(url, command.downgrade, revision)
-
-
-def _run_alembic(url: str, step: Callable[[Config, str], None], revision: str) -> None:
-    """Run an Alembic command in one transaction on a writer connection of its own."""
-    engine = make_engine(url, writer=True)
-    try:
-        with engine.begin() as connection:
-            step(_alembic_config(connection), revision)
-    finally:
-        engine.dispose()
-
-
-def schema_is_current(engine: sa.Engine) -> bool:
-    """True when the database is at the newest migration (the service refuses to run otherwise)."""
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
-    return current == head
+# The store's engines and migrations: the shared SQL helpers, with its own Alembic scripts.
+_MIGRATIONS = Migrations(Path(__file__).with_name("migrations"))
+migrate = _MIGRATIONS.migrate
+downgrade = _MIGRATIONS.downgrade
+schema_is_current = _MIGRATIONS.schema_is_current
+__all__ = ["Checkpointer", "downgrade", "is_sqlite", "make_engine", "migrate", "schema_is_current"]
 
 
 class Checkpointer:
