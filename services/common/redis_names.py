@@ -12,17 +12,15 @@ PREFIX = "flywheel"
 FEEDBACK_EVENTS_STREAM = f"{PREFIX}:feedback:events"
 """Every accepted feedback event, written by the feedback service's outbox relay."""
 
-# Consumer groups.
-TRAINER_GROUP = "trainer"
-"""The trainer counts new comparisons from FEEDBACK_EVENTS_STREAM with this group."""
-
 # Pub/sub channels (fire-and-forget notifications; receivers also poll the registry).
 MODEL_PROMOTIONS_CHANNEL = f"{PREFIX}:models:promotions"
 """JSON ``{"role", "version", "action"}`` published when a version is promoted or rolled back."""
 
 # Plain keys.
 TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"
-"""Held while a training run is in progress: one run at a time."""
+"""Held while a training run is in progress: one run at a time (value ``<fence>:<owner>``)."""
+TRAINER_FIRST_CHECK = f"{PREFIX}:trainer:first-check"
+"""When the trainer first checked for data (ISO time): the start of the first wait."""
 
 
 def rate_limit_key(api_key_id: str) -> str:

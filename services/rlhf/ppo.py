@@ -40,7 +40,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -497,10 +497,12 @@ class PPOTrainer:
         prompts: Sequence[Sequence[Message]] | Iterable[Sequence[Message]],
         iterations: int,
         progress: bool = True,
+        on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
         """Run until ``iterations`` iterations are done in total, resuming from the checkpoint.
 
-        Returns the statistics of the iterations run by this call.
+        Returns the statistics of the iterations run by this call; ``on_iteration(i, stats)``
+        sees each as it finishes (a service logs them).
         """
         if self.load():
             log.info("resumed from %s at iteration %d", self.checkpoints.folder, self.iteration)
@@ -514,6 +516,8 @@ class PPOTrainer:
             stats = self.step(batch, seed=_derived_seed(self.config.seed, iteration))
             self.iteration = iteration + 1
             history.append(stats)
+            if on_iteration is not None:
+                on_iteration(iteration, stats)
             shown = ("score", "kl", "beta", "policy_loss", "value_loss")
             return StepReport({name: stats[name] for name in shown}, items=len(batch))
 

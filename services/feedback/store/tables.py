@@ -11,9 +11,9 @@ and PostgreSQL behave the same.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import sqlalchemy as sa
+
+from services.common.sql import UtcDateTime
 
 metadata = sa.MetaData(
     naming_convention={
@@ -26,23 +26,6 @@ metadata = sa.MetaData(
 ID = sa.String(64)
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a BIGINT for a queue.
 BigAutoId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-class UtcDateTime(sa.TypeDecorator):
-    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC in the column."""
-
-    impl = sa.DateTime(timezone=False)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("UtcDateTime needs an aware datetime")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
 
 
 interactions = sa.Table(

@@ -1,0 +1,1 @@
+"""The trainer: turns accumulated comparisons into a better, gated policy (docs/trainer.md)."""

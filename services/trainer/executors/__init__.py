@@ -1,0 +1,1 @@
+"""Where a heavy stage runs: a subprocess of the worker (local) or a Kubernetes Job."""

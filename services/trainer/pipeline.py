@@ -1,0 +1,199 @@
+"""Driving one run through its stages, safely.
+
+A run is driven by whoever holds the lease (lease.py): it claims the run with the lease's
+fencing token, renews both while it works, and walks the stages in order, skipping those
+already done (so a redelivered task, or a worker restarted after a crash, never redoes one).
+A crashed stage is retried up to ``stage_retries`` times, resuming from its checkpoints; a
+gate's "no" ends the run as rejected and nothing is promoted. Cancel requests and a lost
+lease stop the running stage within a poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+
+from services.common.service_auth import service_channel
+from services.trainer import metrics, snapshot
+from services.trainer.executors.base import Executor, StageJob
+from services.trainer.lease import Lease
+from services.trainer.promotion import promote
+from services.trainer.settings import TrainerSettings
+from services.trainer.stages.context import StageContext, StageResult
+from services.trainer.store.runs import LostFence, Run, RunStore
+
+log = logging.getLogger(__name__)
+
+STAGES = ("snapshot", "reward_model", "rm_gate", "ppo", "policy_gate", "promote")
+HEAVY = frozenset({"reward_model", "rm_gate", "ppo", "policy_gate"})
+
+
+class StageCrashed(Exception):
+    pass
+
+
+class Stopped(Exception):
+    """The run must stop now: cancelled, or this worker lost its lease."""
+
+
+class RunDriver:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        store: RunStore,
+        redis_client: redis.Redis,
+        executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis_client
+        self.executor = executor
+
+    def drive(self, run_id: str) -> str:
+        """Run (or resume) ``run_id`` to its end; what happened, in a few words."""
+        lease = Lease(self.redis, self.settings.lease_ttl_s)
+        if not lease.acquire():
+            return f"busy: the lease is held by {lease.holder()}"
+        try:
+            run = self.store.claim(run_id, lease.fence)
+            if run is None:
+                return "nothing to do: the run is over"
+            fence = lease.fence
+            lease.keep_alive(self.settings.heartbeat_s, lambda: self.store.heartbeat(run_id, fence))
+            metrics.ACTIVE_RUN.set(1)
+            return self._stages(run, fence, lease)
+        except LostFence as exc:
+            log.error("%s: %s; leaving the run to its new owner", run_id, exc)
+            return "lost the run to another worker"
+        finally:
+            metrics.ACTIVE_RUN.set(0)
+            lease.release()
+
+    def _stages(self, run: Run, fence: int, lease: Lease) -> str:
+        for stage in STAGES:
+            record = run.stages.get(stage)
+            if record is not None and record.status == "done":
+                continue
+            if self._cancelled(run.id) or lease.lost.is_set():
+                return self._stop(run.id, fence, stage, lease)
+            try:
+                result = self._attempts(run, fence, stage, lease)
+            except Stopped:
+                return self._stop(run.id, fence, stage, lease)
+            if result.status == "rejected":
+                self.store.finish_run(run.id, fence, "rejected", f"{stage}: {result.reason}")
+                metrics.RUNS.labels(stage, "rejected").inc()
+                log.warning("%s rejected at %s: %s", run.id, stage, result.reason)
+                return f"rejected at {stage}: {result.reason}"
+            if result.status != "done":
+                self.store.finish_run(run.id, fence, "failed", f"{stage}: {result.reason}")
+                metrics.RUNS.labels(stage, "failed").inc()
+                return f"failed at {stage}: {result.reason}"
+            run = self.store.get(run.id)
+        self.store.finish_run(run.id, fence, "succeeded")
+        metrics.RUNS.labels("promote", "succeeded").inc()
+        log.info("%s succeeded: %s", run.id, run.stages["promote"].outputs)
+        return "succeeded"
+
+    def _attempts(self, run: Run, fence: int, stage: str, lease: Lease) -> StageResult:
+        """Run ``stage`` until it gives a result or its retries are spent (then a result with
+        status "failed")."""
+        reason = ""
+        for _ in range(self.settings.stage_retries + 1):
+            attempt = self.store.start_stage(run.id, fence, stage)
+            started = time.monotonic()
+            try:
+                result = self._run_stage(run, fence, stage, lease)
+            except Stopped:
+                self.store.finish_stage(run.id, fence, stage, "cancelled", reason="stopped")
+                raise
+            except Exception as exc:  # a crash: retried from the stage's checkpoints
+                reason = f"attempt {attempt}: {exc}"
+                log.exception("%s: stage %s crashed (attempt %d)", run.id, stage, attempt)
+                self.store.finish_stage(run.id, fence, stage, "failed", reason=reason)
+                metrics.STAGE_SECONDS.labels(stage, "failed").observe(time.monotonic() - started)
+                continue
+            self.store.finish_stage(
+                run.id, fence, stage, result.status, result.outputs, result.reason
+            )
+            metrics.STAGE_SECONDS.labels(stage, result.status).observe(time.monotonic() - started)
+            _observe(stage, result)
+            return result
+        return StageResult("failed", {}, reason)
+
+    def _run_stage(self, run: Run, fence: int, stage: str, lease: Lease) -> StageResult:
+        ctx = StageContext(
+            run.id,
+            stage,
+            run.outputs(),
+            self.settings.resolved_runs_dir / "runs" / run.id / stage,
+            self.settings,
+        )
+        if stage == "snapshot":
+            return self._snapshot(ctx, fence)
+        if stage == "promote":
+            version = ctx.inputs["ppo"]["version"]
+            promote(ctx.registry, self.settings.redis_url, "policy", version)
+            return StageResult("done", {"version": version})
+        ctx.write_job()
+        job = StageJob(
+            run.id,
+            stage,
+            ["python", "-m", "services.trainer.stage_main", str(ctx.work_dir)],
+            ctx.work_dir,
+        )
+        outcome = self.executor.run(job, self._should_stop(run.id, lease))
+        if outcome.stopped:
+            raise Stopped(outcome.log_tail[-500:])
+        if not outcome.succeeded:
+            raise StageCrashed(f"exit {outcome.exit_code}: {outcome.log_tail[-1500:]}")
+        return StageResult.read(ctx.work_dir)
+
+    def _snapshot(self, ctx: StageContext, fence: int) -> StageResult:
+        trained = self.store.last_finished(("succeeded",))
+        since = trained.snapshot_until if trained else None
+        token = self.settings.resolved_service_token()
+        with service_channel(self.settings.feedback_grpc_target, token) as channel:
+            taken = snapshot.export(
+                channel,
+                self.settings.resolved_runs_dir / "datasets",
+                since,
+                self.settings.heldout_percent,
+            )
+        # Recorded even if the run stops here: the trigger then waits for new comparisons.
+        self.store.set_snapshot_until(ctx.run_id, fence, taken.until)
+        outputs = taken.outputs()
+        if taken.groups == 0:
+            return StageResult("rejected", outputs, "no comparisons to train on")
+        if taken.heldout_groups < self.settings.min_heldout_groups:
+            return StageResult(
+                "rejected",
+                outputs,
+                f"{taken.heldout_groups} held-out groups < {self.settings.min_heldout_groups}: "
+                "too few to gate on; waiting for more comparisons",
+            )
+        return StageResult("done", outputs)
+
+    def _should_stop(self, run_id: str, lease: Lease) -> Callable[[], bool]:
+        return lambda: lease.lost.is_set() or self._cancelled(run_id)
+
+    def _cancelled(self, run_id: str) -> bool:
+        return self.store.get(run_id).cancel_requested
+
+    def _stop(self, run_id: str, fence: int, stage: str, lease: Lease) -> str:
+        if lease.lost.is_set():
+            return "lost the lease; the reconciler hands the run on"
+        self.store.finish_run(run_id, fence, "cancelled", f"cancelled at {stage}")
+        metrics.RUNS.labels(stage, "cancelled").inc()
+        return f"cancelled at {stage}"
+
+
+def _observe(stage: str, result: StageResult) -> None:
+    if stage == "reward_model" and "heldout_accuracy" in result.outputs:
+        metrics.RM_ACCURACY.set(result.outputs["heldout_accuracy"])
+    if stage == "policy_gate":
+        metrics.WIN_RATE.set(result.outputs.get("win_rate", float("nan")))
+        metrics.KL.set(result.outputs.get("kl", float("nan")))

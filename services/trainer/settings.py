@@ -1,0 +1,195 @@
+"""The trainer's settings (environment prefix ``FLYWHEEL_TRAINER_``).
+
+Thresholds of the trigger and the gates, the Celery layout, and where runs keep their data.
+The RL hyper-parameters live in services/rlhf's configs; only what an operator tunes per
+deployment is here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_TRAINER_", extra="ignore")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the run store. Unset: SQLite at <data_dir>/trainer.sqlite3; "
+        "in a cluster: postgresql+psycopg://user:password@host/db.",
+    )
+    feedback_grpc_target: str = Field(
+        "127.0.0.1:50051", description="The feedback service's gRPC address (Stats, exports)."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker and result backend. Unset: FLYWHEEL_REDIS_URL."
+    )
+
+    # --- the trigger -------------------------------------------------------------------------
+    check_interval_s: float = Field(
+        60.0, gt=0, description="How often beat asks whether enough new comparisons arrived."
+    )
+    min_new_pairs: int = Field(
+        500,
+        ge=1,
+        description="New comparison pairs since the last trained snapshot that start "
+        "a run at once.",
+    )
+    max_wait_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="After this long since the last run (or since the first check), a run "
+        "starts with fewer pairs, if at least min_pairs_after_wait arrived.",
+    )
+    min_pairs_after_wait: int = Field(
+        50, ge=1, description="The least new pairs a run started by max_wait_s trains on."
+    )
+
+    # --- the data ----------------------------------------------------------------------------
+    heldout_percent: int = Field(
+        10,
+        ge=1,
+        le=50,
+        description="Share of comparison groups held out (chosen by comparison id, so a group "
+        "is held out in every run) for the RM gate and the policy gate's prompts.",
+    )
+    min_heldout_groups: int = Field(
+        5, ge=1, description="Fewer held-out groups than this: the run stops, the gates need data."
+    )
+
+    # --- the reward model and its gate -------------------------------------------------------
+    rm_epochs: int = Field(1, ge=1, description="Passes over the snapshot (the paper: 1).")
+    rm_lr: float = Field(9e-6, gt=0, description="Peak learning rate of RM training.")
+    rm_prompts_per_batch: int = Field(8, ge=1, description="Comparison groups per RM step.")
+    rm_max_length: int = Field(512, ge=16, description="Most tokens of prompt + answer.")
+    rm_gate_tolerance: float = Field(
+        0.02,
+        ge=0,
+        description="The new RM may score this much below the promoted RM's held-out accuracy "
+        "on the same held-out set (noise of a small set) and still pass.",
+    )
+    rm_first_margin: float = Field(
+        0.05,
+        ge=0,
+        description="The first RM (none promoted yet) must reach 0.5 + this held-out accuracy.",
+    )
+
+    # --- PPO and the policy gate -------------------------------------------------------------
+    ppo_iterations: int = Field(20, ge=1, description="PPO iterations per run.")
+    ppo_rollout_batch_size: int = Field(16, ge=1, description="Episodes per PPO iteration.")
+    ppo_minibatch_size: int = Field(8, ge=1, description="Episodes per optimizer step.")
+    ppo_policy_lr: float = Field(1e-6, gt=0, description="Policy learning rate.")
+    ppo_kl_beta: float = Field(0.02, ge=0, description="KL penalty coefficient (the paper's).")
+    ppo_max_new_tokens: int = Field(64, ge=1, description="Longest rollout answer.")
+    ppo_checkpoint_every: int = Field(
+        5, ge=1, description="PPO iterations between checkpoints (what a crash can lose)."
+    )
+    ptx_coef: float = Field(
+        1.0,
+        ge=0,
+        description="PPO-ptx weight of the pretraining loss (0: plain PPO). The paper's 27.8 "
+        "was unstable at this scale in DeepSpeed-Chat's experience; 1.0 keeps the term.",
+    )
+    ptx_per_episode: float = Field(
+        8.0, ge=0, description="Pretraining texts per RL episode (the paper's ratio: 8)."
+    )
+    reference_version: str = Field(
+        "", description="The fixed reference policy of the KL term; empty: the first (v0)."
+    )
+    gate_prompts: int = Field(32, ge=1, description="Most held-out prompts the policy gate uses.")
+    gate_max_new_tokens: int = Field(64, ge=1, description="Answer length in the policy gate.")
+    min_win_rate: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="The candidate's win rate against the promoted policy, judged by the new "
+        "RM on held-out prompts, must reach this (ties count half).",
+    )
+    max_kl: float = Field(
+        20.0, gt=0, description="Most KL to the reference per answer (nats, sampled estimate)."
+    )
+    max_ptx_perplexity_ratio: float = Field(
+        1.25,
+        ge=1,
+        description="The candidate's perplexity on the ptx texts over the promoted policy's "
+        "(the alignment tax) may not exceed this.",
+    )
+    min_end_of_turn_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="The candidate's share of answers that end their turn may not fall below "
+        "this fraction of the promoted policy's (a policy that never stops has collapsed).",
+    )
+    min_length_ratio: float = Field(
+        0.3,
+        ge=0,
+        description="Mean answer length may not fall below this fraction of the promoted policy's.",
+    )
+    min_distinct_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="Share of distinct answers may not fall below this fraction of the "
+        "promoted policy's (mode collapse).",
+    )
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the win-rate CI.")
+
+    # --- safety ------------------------------------------------------------------------------
+    lease_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run's lease expires this long after its last heartbeat; then the "
+        "reconciler may hand the run to another worker.",
+    )
+    heartbeat_s: float = Field(10.0, gt=0, description="How often a run renews its lease.")
+    stage_time_limit_s: float = Field(
+        6 * 3600.0, gt=0, description="Longest a stage may run before it is stopped."
+    )
+    stage_retries: int = Field(
+        2,
+        ge=0,
+        description="Times a failed stage (a crash, not a gate) is retried from its "
+        "checkpoint before the run fails.",
+    )
+    rollback_margin: float = Field(
+        0.1,
+        ge=0,
+        description="Roll back a promoted policy whose live thumbs-up ratio falls this far "
+        "below its parent's.",
+    )
+    rollback_min_votes: int = Field(
+        30, ge=1, description="Thumbs each version needs before the rollback watch judges it."
+    )
+    rollback_check_s: float = Field(120.0, gt=0, description="How often the rollback watch runs.")
+
+    # --- where it runs -----------------------------------------------------------------------
+    executor: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="'local': each heavy stage in a fresh subprocess of the train worker; "
+        "'kubernetes': each as a Job (FLYWHEEL_TRAINER_K8S_* settings).",
+    )
+    device: str = Field("auto", description="Training device: 'auto' (CUDA if present), 'cpu'.")
+    runs_dir: Path | None = Field(
+        None, description="Datasets, checkpoints and stage results. Unset: <data_dir>/trainer."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address /metrics listens on.")
+    control_metrics_port: int = Field(9053, description="/metrics of the control worker.")
+    train_metrics_port: int = Field(9054, description="/metrics of the train worker.")
+    beat_metrics_port: int = Field(9055, description="/metrics of beat (its liveness).")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'trainer.sqlite3'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def resolved_runs_dir(self) -> Path:
+        return self.runs_dir or self.data_dir / "trainer"

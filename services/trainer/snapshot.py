@@ -1,0 +1,131 @@
+"""Snapshots: the comparisons a run trains on, exported once into an immutable file.
+
+``ExportComparisons`` names each export by a snapshot id; the file is written under that
+name (atomically, and never rewritten), so a reward model's manifest that names its snapshot
+names exactly what trained it, and a retried stage reads the same data. Held-out groups are
+chosen by a hash of their comparison id: the same group is held out in every run, so no
+reward model is ever gated on comparisons it trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.atomic_files import write_atomically
+from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
+
+
+def is_heldout(comparison_id: str, percent: int) -> bool:
+    digest = hashlib.sha256(comparison_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < percent
+
+
+@dataclass(frozen=True)
+class Group:
+    """One comparison group as the trainer stores it (one JSON line)."""
+
+    comparison_id: str
+    prompt: list[dict[str, str]]
+    answers: list[str]
+    pairs: list[tuple[int, int]]
+    model_versions: list[str]
+    heldout: bool
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> Group:
+        values = json.loads(line)
+        values["pairs"] = [tuple(p) for p in values["pairs"]]
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    until: datetime
+    path: Path
+    groups: int
+    heldout_groups: int
+    pairs: int
+
+    def outputs(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.id,
+            "until": self.until.isoformat(),
+            "dataset": str(self.path),
+            "groups": self.groups,
+            "heldout_groups": self.heldout_groups,
+            "pairs": self.pairs,
+        }
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def export(
+    channel: grpc.Channel,
+    datasets_dir: Path,
+    since: datetime | None,
+    heldout_percent: int,
+    timeout_s: float = 600.0,
+) -> Snapshot:
+    """Export the comparisons recorded since ``since`` into ``datasets_dir/<snapshot>.jsonl``.
+
+    Raises if the stream ends without its last page (a cut export is never used)."""
+    stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+    request = feedback_pb2.ExportComparisonsRequest()
+    if since is not None:
+        request.since.CopyFrom(_timestamp(since))
+    groups: list[Group] = []
+    last: feedback_pb2.ComparisonPage | None = None
+    for page in stub.ExportComparisons(request, timeout=timeout_s):
+        groups.extend(_group(g, heldout_percent) for g in page.groups)
+        last = page
+    if last is None or not last.last:
+        raise RuntimeError("the export ended before its last page")
+    if last.total_groups != len(groups):
+        raise RuntimeError(f"the export promised {last.total_groups} groups, sent {len(groups)}")
+    path = datasets_dir / f"{last.snapshot_id}.jsonl"
+    if not path.exists():  # immutable: a snapshot's file is written once
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, "".join(g.to_json() + "\n" for g in groups), mode=0o600)
+    return Snapshot(
+        id=last.snapshot_id,
+        until=last.until.ToDatetime(tzinfo=UTC),
+        path=path,
+        groups=len(groups),
+        heldout_groups=sum(g.heldout for g in groups),
+        pairs=sum(len(g.pairs) for g in groups),
+    )
+
+
+def _group(message: feedback_pb2.ComparisonGroup, heldout_percent: int) -> Group:
+    return Group(
+        comparison_id=message.comparison_id,
+        prompt=[{"role": m.role, "content": m.content} for m in message.prompt],
+        answers=[c.text for c in message.candidates],
+        pairs=[(p.better, p.worse) for p in message.pairs],
+        model_versions=[c.model_version for c in message.candidates],
+        heldout=is_heldout(message.comparison_id, heldout_percent),
+    )
+
+
+def read(path: Path) -> Iterator[Group]:
+    with path.open() as lines:
+        for line in lines:
+            if line.strip():
+                yield Group.from_json(line)

@@ -1,0 +1,46 @@
+"""``python -m services.trainer.stage_main <work_dir>``: run one heavy stage in this process.
+
+Started by an executor (a spawned subprocess of the train worker, or a Kubernetes Job's pod)
+with the worker's environment. Exit status 0 means a result.json was written (done or
+rejected); anything else is a crash the worker retries, resuming from the checkpoints in the
+same folder. SIGTERM (a cancel, a lost lease) stops it at once; the periodic checkpoints are
+what a resumed attempt starts from.
+"""
+
+from __future__ import annotations
+
+from services.common.openmp import keep_workers_spinning
+
+keep_workers_spinning()  # before torch is imported
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from services.common.logging_setup import configure_logging
+from services.trainer.settings import TrainerSettings
+from services.trainer.stages import policy, reward
+from services.trainer.stages.context import StageContext, StageResult
+
+HEAVY_STAGES: dict[str, Callable[[StageContext], StageResult]] = {
+    "reward_model": reward.train,
+    "rm_gate": reward.gate,
+    "ppo": policy.train,
+    "policy_gate": policy.gate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m services.trainer.stage_main <work_dir>", file=sys.stderr)
+        return 2
+    settings = TrainerSettings()
+    configure_logging("trainer-stage", settings.log_level, settings.log_format)
+    ctx = StageContext.from_work_dir(Path(args[0]), settings)
+    HEAVY_STAGES[ctx.stage](ctx).write(ctx.work_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The policy stages: PPO(-ptx) against the newly promoted RM, then the policy gate.
+
+PPO starts from the promoted policy, with the value model copied from the new RM and the KL
+term against a fixed reference (v0 unless configured); the ptx texts shipped in
+services/trainer/data keep it fluent on general text. The gate generates answers from the
+candidate and the promoted policy on held-out prompts and decides on the win rate under the
+new RM, the KL to the reference, the alignment tax on the ptx texts, and signs of collapse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from services.common.model_loading import load_tokenizer, pick_device
+from services.common.registry import ModelRegistry, VersionInfo
+from services.rlhf.config import to_dict
+from services.rlhf.evaluation import kl_to_reference, perplexity
+from services.rlhf.generation import SamplingConfig, generate
+from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.ppo import PPOConfig, PPOTrainer, standard_metrics
+from services.rlhf.reward_reading import read_rewards
+from services.trainer import snapshot
+from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate, win_rate_with_interval
+from services.trainer.stages.context import StageContext, StageResult
+
+log = logging.getLogger(__name__)
+
+PTX_FILE = Path(__file__).resolve().parents[1] / "data" / "ptx.txt"
+
+
+def ptx_texts() -> list[str]:
+    """The shipped pretraining-style texts (paragraphs separated by blank lines)."""
+    return [p.strip() for p in PTX_FILE.read_text().split("\n\n") if p.strip()]
+
+
+def prompts(dataset: Path, heldout: bool) -> list[list[dict[str, str]]]:
+    """The distinct prompts of the snapshot's training (or held-out) groups, in file order."""
+    seen: dict[str, list[dict[str, str]]] = {}
+    for group in snapshot.read(dataset):
+        if group.heldout == heldout:
+            seen.setdefault(json.dumps(group.prompt, sort_keys=True), group.prompt)
+    return list(seen.values())
+
+
+def reference_version(registry: ModelRegistry, configured: str) -> VersionInfo:
+    if configured:
+        return registry.get("policy", configured)
+    versions = registry.versions("policy")
+    if not versions:
+        raise RuntimeError("the registry holds no policy")
+    return versions[0]  # the first policy: the base (v0)
+
+
+def _causal_lm(path: Path, device: torch.device):
+    # Training and the gate compare small differences: fp32 weights (bf16 autocast on GPU).
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+
+
+def train(ctx: StageContext) -> StageResult:
+    settings, registry = ctx.settings, ctx.registry
+    existing = ctx.version_made_by_this_run("policy")
+    if existing is not None:
+        return StageResult("done", {"version": existing.version, **existing.manifest.metrics})
+    device = pick_device(settings.device)
+    start = registry.promoted("policy")
+    if start is None:
+        raise RuntimeError("no promoted policy to train")
+    reference = reference_version(registry, settings.reference_version)
+    rm_info = registry.get("reward", ctx.inputs["reward_model"]["version"])
+    tokenizer = load_tokenizer(start.path)
+    train_prompts = prompts(Path(ctx.inputs["snapshot"]["dataset"]), heldout=False)
+    config = PPOConfig(
+        policy_lr=settings.ppo_policy_lr,
+        rollout_batch_size=settings.ppo_rollout_batch_size,
+        minibatch_size=settings.ppo_minibatch_size,
+        kl_beta=settings.ppo_kl_beta,
+        ptx_coef=settings.ptx_coef,
+        ptx_per_episode=settings.ptx_per_episode,
+        sampling=SamplingConfig(max_new_tokens=settings.ppo_max_new_tokens),
+        checkpoint_every=settings.ppo_checkpoint_every,
+    )
+    reward_model = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
+    trainer = PPOTrainer(
+        _causal_lm(start.path, device),
+        _causal_lm(reference.path, device),
+        None,  # the value model starts as a copy of the reward model (the paper)
+        reward_model,
+        tokenizer,
+        config,
+        ptx_texts=ptx_texts() if settings.ptx_coef > 0 else None,
+        checkpoint_dir=ctx.checkpoint_dir,
+    )
+
+    def log_iteration(iteration: int, stats: dict[str, float]) -> None:
+        named = standard_metrics(stats)
+        log.info(
+            "ppo iteration %d: %s",
+            iteration + 1,
+            " ".join(f"{k}={v:.4g}" for k, v in named.items()),
+            extra={"iteration": iteration + 1, **named},
+        )
+
+    history = trainer.train(train_prompts, settings.ppo_iterations, on_iteration=log_iteration)
+    last = standard_metrics(history[-1]) if history else {}
+    info = registry.create_version(
+        "policy",
+        lambda folder: _save(trainer.policy, tokenizer, folder),
+        parent=start.version,
+        data_snapshot_id=ctx.inputs["snapshot"]["snapshot_id"],
+        metrics=last,
+        config={**ctx.provenance(), "reward_model": rm_info.version, "ppo": _jsonable(config)},
+        notes=f"PPO{'-ptx' if settings.ptx_coef > 0 else ''} by {ctx.run_id} against "
+        f"reward/{rm_info.version}",
+    )
+    log.info("registered policy/%s", info.version)
+    return StageResult("done", {"version": info.version, **last})
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _jsonable(config: PPOConfig) -> dict:
+    return json.loads(json.dumps(to_dict(config)))
+
+
+def gate(ctx: StageContext) -> StageResult:
+    settings, registry = ctx.settings, ctx.registry
+    device = pick_device(settings.device)
+    candidate_info = registry.get("policy", ctx.inputs["ppo"]["version"])
+    promoted_info = registry.promoted("policy")
+    reference_info = reference_version(registry, settings.reference_version)
+    rm_info = registry.get("reward", ctx.inputs["reward_model"]["version"])
+    tokenizer = load_tokenizer(candidate_info.path)
+    held_prompts = prompts(Path(ctx.inputs["snapshot"]["dataset"]), heldout=True)
+    held_prompts = held_prompts[: settings.gate_prompts]
+    if not held_prompts:
+        return StageResult("rejected", reason="no held-out prompts to judge the policy on")
+
+    candidate = _causal_lm(candidate_info.path, device)
+    promoted = _causal_lm(promoted_info.path, device)
+    sampling = SamplingConfig(max_new_tokens=settings.gate_max_new_tokens)
+    torch.manual_seed(0)
+    ours = generate(candidate, tokenizer, held_prompts, sampling, with_logprobs=False)
+    torch.manual_seed(0)
+    theirs = generate(promoted, tokenizer, held_prompts, sampling, with_logprobs=False)
+
+    rm = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
+    ours_scores = read_rewards(rm, tokenizer, list(zip(held_prompts, ours.texts, strict=True)))
+    their_scores = read_rewards(rm, tokenizer, list(zip(held_prompts, theirs.texts, strict=True)))
+    verdicts = [
+        1.0 if a > b else 0.0 if a < b else 0.5
+        for a, b in zip(ours_scores, their_scores, strict=True)
+    ]
+    win_rate, low, high = win_rate_with_interval(verdicts, settings.bootstrap_samples)
+    texts = ptx_texts()
+    ptx_ratio = perplexity(candidate, tokenizer, texts) / perplexity(promoted, tokenizer, texts)
+    del rm, promoted  # one model fewer in memory before the reference loads
+
+    reference = _causal_lm(reference_info.path, device)
+    kl = kl_to_reference(
+        candidate, reference, ours.prompt_ids, ours.answer_ids, tokenizer.pad_token_id
+    )
+    eos = tokenizer.eos_token_id
+    candidate_stats = AnswerStats.of(ours.answer_ids, ours.texts, eos)
+    promoted_stats = AnswerStats.of(theirs.answer_ids, theirs.texts, eos)
+    limits = PolicyLimits(
+        min_win_rate=settings.min_win_rate,
+        max_kl=settings.max_kl,
+        max_ptx_perplexity_ratio=settings.max_ptx_perplexity_ratio,
+        min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
+        min_length_ratio=settings.min_length_ratio,
+        min_distinct_ratio=settings.min_distinct_ratio,
+    )
+    verdict = policy_gate(win_rate, kl, ptx_ratio, candidate_stats, promoted_stats, limits)
+    outputs = {
+        "win_rate": win_rate,
+        "win_rate_ci90": [low, high],
+        "kl": kl,
+        "ptx_perplexity_ratio": ptx_ratio,
+        "prompts": len(held_prompts),
+        "candidate": vars(candidate_stats),
+        "promoted": vars(promoted_stats),
+    }
+    log.info("policy gate: %s", json.dumps(outputs))
+    if not verdict.passed:
+        if candidate_info.status == "candidate":
+            registry.reject("policy", candidate_info.version, verdict.reason)
+        return StageResult("rejected", outputs, verdict.reason)
+    return StageResult("done", outputs)

@@ -1,0 +1,1 @@
+"""The trainer's run store: runs and their stages, in SQLite or PostgreSQL."""

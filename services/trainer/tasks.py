@@ -1,0 +1,67 @@
+"""The trainer's Celery tasks: thin (ids in, retries declared); the work is in control.py."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import grpc
+import redis
+
+from services.trainer.celery_app import TRAIN_QUEUE, app
+from services.trainer.control import Trainer
+from services.trainer.settings import TrainerSettings
+
+# Transient outages of the feedback service or Redis: retried with backoff, then given up
+# until the next beat tick.
+_TRANSIENT = (grpc.RpcError, redis.ConnectionError)
+
+
+@functools.cache
+def trainer() -> Trainer:
+    """One per worker process (the run store's engine and Redis pool are reused)."""
+    return Trainer(TrainerSettings())
+
+
+def enqueue_run(run_id: str) -> None:
+    drive_run.apply_async(args=[run_id], queue=TRAIN_QUEUE)
+
+
+@app.task(
+    name="flywheel.trainer.check",
+    autoretry_for=_TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+)
+def check(forced: bool = False) -> dict[str, Any]:
+    return trainer().check(enqueue_run, forced=forced)
+
+
+@app.task(name="flywheel.trainer.run", autoretry_for=(redis.ConnectionError,), max_retries=3)
+def drive_run(run_id: str) -> str:
+    return trainer().drive(run_id)
+
+
+@app.task(name="flywheel.trainer.reconcile", autoretry_for=_TRANSIENT, max_retries=1)
+def reconcile() -> list[str]:
+    return trainer().reconcile(enqueue_run)
+
+
+@app.task(name="flywheel.trainer.status")
+def status(limit: int = 10) -> list[dict[str, Any]]:
+    return trainer().status(limit)
+
+
+@app.task(name="flywheel.trainer.cancel")
+def cancel() -> dict[str, Any]:
+    return trainer().cancel()
+
+
+@app.task(
+    name="flywheel.trainer.watch_rollback",
+    autoretry_for=_TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+)
+def watch_rollback() -> dict[str, Any]:
+    return trainer().watch_rollback()
