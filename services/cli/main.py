@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import keys, models, stack
+from services.cli import keys, models, stack, train
 from services.common.logging_setup import configure_logging
 from services.common.registry import RegistryError
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     models.add_parser(subparsers)
     keys.add_parser(subparsers)
+    train.add_parser(subparsers)
     stack.add_parsers(subparsers)
     return parser
 
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             return models.run(args)
         if args.command == "keys":
             return keys.run(args)
+        if args.command == "train":
+            return train.run(args)
         return stack.run(args)
-    except (RegistryError, stack.StackError) as exc:
+    except (RegistryError, stack.StackError, train.TrainerUnreachable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -305,7 +305,7 @@ def start_service(stack: Stack, spec: ServiceSpec) -> Launched | None:
     print(f"starting {spec.name} ...", flush=True)
     started = launch(
         spec.name,
-        [sys.executable, "-m", spec.module],
+        [sys.executable, "-m", spec.module, *spec.args],
         env=stack.child_env(spec),
         log_path=stack.log_dir / f"{spec.name}.log",
         address=spec.address,

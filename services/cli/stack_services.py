@@ -29,9 +29,18 @@ from services.feedback.settings import FeedbackSettings
 from services.inference.engine.settings import EngineSettings
 from services.inference.gateway.settings import GatewaySettings
 from services.reward.settings import RewardSettings
+from services.trainer.settings import TrainerSettings
 
 # Start order; ``down`` goes the other way. Redis comes first and is handled apart.
-SERVICE_NAMES = ("feedback", "reward", "engine", "gateway")
+SERVICE_NAMES = (
+    "feedback",
+    "reward",
+    "engine",
+    "gateway",
+    "trainer-control",
+    "trainer-train",
+    "trainer-beat",
+)
 
 # Readiness, as one word for the table. READY and WAITING_FOR_RM both mean "started as it
 # should": a fresh stack has no reward model until the trainer makes one.
@@ -120,7 +129,7 @@ class ServiceSpec:
 
     name: str
     module: str
-    """Run as ``python -m <module>``."""
+    """Run as ``python -m <module> <args>``."""
     ports: dict[str, int]
     """Setting name (``http_port``) -> port; the error for a taken port names the variable."""
     address: str
@@ -132,9 +141,14 @@ class ServiceSpec:
     """Services that must be ready before this one starts (when this `up` starts them)."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables this service needs on top of the shared environment (unless already set)."""
+    args: tuple[str, ...] = ()
+    settings_prefix: str = ""
+    """Its settings' environment prefix, when not the service's name (the trainer's three
+    processes share ``FLYWHEEL_TRAINER_``)."""
 
     def port_variable(self, setting: str) -> str:
-        return f"FLYWHEEL_{self.name.upper()}_{setting.upper()}"
+        prefix = self.settings_prefix or self.name.upper()
+        return f"FLYWHEEL_{prefix}_{setting.upper()}"
 
 
 def _feedback(settings: FeedbackSettings) -> ServiceSpec:
@@ -223,16 +237,60 @@ def _gateway(
     )
 
 
+def _trainer(settings: TrainerSettings, feedback: FeedbackSettings) -> list[ServiceSpec]:
+    """The trainer's two Celery workers and beat; each says "ready" once its /metrics
+    answers (served from the start of the process, before it takes tasks)."""
+    env = {"FLYWHEEL_TRAINER_FEEDBACK_GRPC_TARGET": f"127.0.0.1:{feedback.grpc_port}"}
+    host = local_host(settings.metrics_host)
+
+    def spec(role: str, args: tuple[str, ...], port_setting: str, port: int, depends_on):
+        url = f"http://{host}:{port}/metrics"
+        return ServiceSpec(
+            name=f"trainer-{role}",
+            module="services.trainer",
+            args=args,
+            ports={port_setting: port},
+            address=f"{url} (queue {args[-1]})" if args[0] == "worker" else url,
+            drain_timeout_s=20.0,
+            readiness=lambda: http_ready(url),
+            depends_on=depends_on,
+            env=env,
+            settings_prefix="TRAINER",
+        )
+
+    return [
+        spec(
+            "control",
+            ("worker", "control"),
+            "control_metrics_port",
+            settings.control_metrics_port,
+            ("feedback",),
+        ),
+        spec(
+            "train",
+            ("worker", "train"),
+            "train_metrics_port",
+            settings.train_metrics_port,
+            ("feedback", "trainer-control"),
+        ),
+        spec(
+            "beat", ("beat",), "beat_metrics_port", settings.beat_metrics_port, ("trainer-control",)
+        ),
+    ]
+
+
 def build_services(data_dir: Path) -> dict[str, ServiceSpec]:
     """Every service, in start order, configured from the environment and ``data_dir``."""
     feedback = FeedbackSettings(data_dir=data_dir)
     reward = RewardSettings(data_dir=data_dir)
     engine = EngineSettings(data_dir=data_dir)
     gateway = GatewaySettings(data_dir=data_dir)
+    trainer = TrainerSettings(data_dir=data_dir)
     specs = [
         _feedback(feedback),
         _reward(reward),
         _engine(engine),
         _gateway(gateway, engine, feedback, reward),
+        *_trainer(trainer, feedback),
     ]
     return {spec.name: spec for spec in specs}

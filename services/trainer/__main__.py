@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.trainer")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="serve one queue")
-    worker.add_argument("queue", choices=["control", "train"])
+    worker.add_argument("role", choices=["control", "train"], help="which queue it serves")
     sub.add_parser("beat", help="send the periodic tasks (exactly one per deployment)")
     sub.add_parser("migrate", help="bring the run store's schema up to date and exit")
     args = parser.parse_args(argv)
@@ -39,16 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         schedule.parent.mkdir(parents=True, exist_ok=True)
         app.start(["beat", f"--schedule={schedule}", "--loglevel=INFO"])
         return 0
-    port = settings.control_metrics_port if args.queue == "control" else settings.train_metrics_port
+    control = args.role == "control"
+    port = settings.control_metrics_port if control else settings.train_metrics_port
     start_metrics_server(port, settings.metrics_host)
     app.worker_main(
         [
             "worker",
-            f"--queues={args.queue}",
+            f"--queues={settings.control_queue if control else settings.train_queue}",
             "--pool=solo",
             "--concurrency=1",
             "--prefetch-multiplier=1",
-            f"--hostname={args.queue}@%h",
+            f"--hostname={args.role}@%h",
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",

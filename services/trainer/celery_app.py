@@ -22,9 +22,6 @@ from celery import Celery
 
 from services.trainer.settings import TrainerSettings
 
-CONTROL_QUEUE = "control"
-TRAIN_QUEUE = "train"
-
 
 def make_app(settings: TrainerSettings) -> Celery:
     app = Celery("flywheel.trainer", include=["services.trainer.tasks"])
@@ -32,8 +29,8 @@ def make_app(settings: TrainerSettings) -> Celery:
         broker_url=settings.resolved_broker_url,
         result_backend=settings.resolved_broker_url,
         broker_connection_retry_on_startup=True,
-        task_default_queue=CONTROL_QUEUE,
-        task_routes={"flywheel.trainer.run": {"queue": TRAIN_QUEUE}},
+        task_default_queue=settings.control_queue,
+        task_routes={"flywheel.trainer.run": {"queue": settings.train_queue}},
         task_acks_late=False,
         worker_prefetch_multiplier=1,
         task_serializer="json",
@@ -66,4 +63,5 @@ def make_app(settings: TrainerSettings) -> Celery:
     return app
 
 
-app = make_app(TrainerSettings())
+settings = TrainerSettings()
+app = make_app(settings)

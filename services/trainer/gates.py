@@ -22,6 +22,11 @@ class Verdict:
         return "; ".join(self.reasons)
 
 
+# Accuracies are ratios of small counts: 7/10 against 8/10 - 0.1 must pass, though in floats
+# 0.8 - 0.1 > 0.7. Comparisons allow this much rounding.
+_ROUNDING = 1e-9
+
+
 def reward_model_gate(
     accuracy: float, promoted_accuracy: float | None, *, tolerance: float, first_margin: float
 ) -> Verdict:
@@ -29,11 +34,11 @@ def reward_model_gate(
     (minus ``tolerance``), or, for the first RM, against chance plus ``first_margin``."""
     if promoted_accuracy is None:
         floor = 0.5 + first_margin
-        if accuracy >= floor:
+        if accuracy >= floor - _ROUNDING:
             return Verdict(True)
         return Verdict(False, [f"held-out accuracy {accuracy:.3f} < {floor:.3f} (chance + margin)"])
     floor = promoted_accuracy - tolerance
-    if accuracy >= floor:
+    if accuracy >= floor - _ROUNDING:
         return Verdict(True)
     return Verdict(
         False,

@@ -30,6 +30,10 @@ class TrainerSettings(ServiceSettings):
     broker_url: str | None = Field(
         None, description="Celery broker and result backend. Unset: FLYWHEEL_REDIS_URL."
     )
+    control_queue: str = Field(
+        "control", description="Celery queue of the quick tasks (checks, status, cancel, watch)."
+    )
+    train_queue: str = Field("train", description="Celery queue of the tasks that drive runs.")
 
     # --- the trigger -------------------------------------------------------------------------
     check_interval_s: float = Field(

@@ -8,9 +8,8 @@ from typing import Any
 import grpc
 import redis
 
-from services.trainer.celery_app import TRAIN_QUEUE, app
+from services.trainer.celery_app import app, settings
 from services.trainer.control import Trainer
-from services.trainer.settings import TrainerSettings
 
 # Transient outages of the feedback service or Redis: retried with backoff, then given up
 # until the next beat tick.
@@ -20,11 +19,11 @@ _TRANSIENT = (grpc.RpcError, redis.ConnectionError)
 @functools.cache
 def trainer() -> Trainer:
     """One per worker process (the run store's engine and Redis pool are reused)."""
-    return Trainer(TrainerSettings())
+    return Trainer(settings)
 
 
 def enqueue_run(run_id: str) -> None:
-    drive_run.apply_async(args=[run_id], queue=TRAIN_QUEUE)
+    drive_run.apply_async(args=[run_id], queue=settings.train_queue)
 
 
 @app.task(

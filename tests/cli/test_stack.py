@@ -27,7 +27,15 @@ from tests.harness import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_GATEWAY = (REPO / "services/inference/gateway/__main__.py").is_file()
-SERVICES = ["feedback", "reward", "engine", *(["gateway"] if HAS_GATEWAY else [])]
+SERVICES = [
+    "feedback",
+    "reward",
+    "engine",
+    *(["gateway"] if HAS_GATEWAY else []),
+    "trainer-control",
+    "trainer-train",
+    "trainer-beat",
+]
 
 PORT_VARIABLES = [
     "FLYWHEEL_FEEDBACK_HTTP_PORT",
@@ -37,6 +45,9 @@ PORT_VARIABLES = [
     "FLYWHEEL_ENGINE_HTTP_PORT",
     "FLYWHEEL_ENGINE_ADMIN_GRPC_PORT",
     "FLYWHEEL_GATEWAY_HTTP_PORT",
+    "FLYWHEEL_TRAINER_CONTROL_METRICS_PORT",
+    "FLYWHEEL_TRAINER_TRAIN_METRICS_PORT",
+    "FLYWHEEL_TRAINER_BEAT_METRICS_PORT",
 ]
 
 

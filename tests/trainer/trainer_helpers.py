@@ -21,18 +21,18 @@ REPO = Path(__file__).resolve().parents[2]
 WORDS = ["apple", "river", "stone", "cloud", "green", "music", "table", "light"]
 
 
-def record_ranking(
+def serve(
     stub: feedback_pb2_grpc.FeedbackServiceStub,
-    http: httpx.Client,
     prompt: str,
-    answers_best_first: list[str],
+    answers: list[str],
     model_version: str = "v0",
-) -> None:
-    """Serve ``answers`` to ``prompt`` (as the gateway records them) and rank them."""
+) -> tuple[str, list[str]]:
+    """Record ``answers`` to ``prompt`` as the gateway does for one request (one candidate
+    group); the API key that received them and their response ids."""
     api_key, token = new_api_key(), new_feedback_token()
     group = f"grp_{uuid.uuid4().hex}"
-    ids = [f"resp_{uuid.uuid4().hex}" for _ in answers_best_first]
-    for index, (response_id, answer) in enumerate(zip(ids, answers_best_first, strict=True)):
+    ids = [f"resp_{uuid.uuid4().hex}" for _ in answers]
+    for index, (response_id, answer) in enumerate(zip(ids, answers, strict=True)):
         stub.RecordInteraction(
             feedback_pb2.RecordInteractionRequest(
                 interaction=feedback_pb2.Interaction(
@@ -51,12 +51,25 @@ def record_ranking(
             ),
             timeout=10,
         )
-    reply = http.post(
-        "/v1/feedback",
-        json={"kind": "ranking", "ranking": [[i] for i in ids]},
-        headers={"Authorization": f"Bearer {api_key}"},
-    )
+    return api_key, ids
+
+
+def send_feedback(http: httpx.Client, api_key: str, body: dict) -> None:
+    reply = http.post("/v1/feedback", json=body, headers={"Authorization": f"Bearer {api_key}"})
     assert reply.status_code == 201, reply.text
+
+
+def record_ranking(stub, http, prompt: str, answers_best_first: list[str]) -> None:
+    """Serve ``answers`` to ``prompt`` and rank them, best first."""
+    api_key, ids = serve(stub, prompt, answers_best_first)
+    send_feedback(http, api_key, {"kind": "ranking", "ranking": [[i] for i in ids]})
+
+
+def record_thumbs(stub, http, model_version: str, value: int, count: int) -> None:
+    """``count`` answers of ``model_version``, each given a thumb ``value`` (+1 or -1)."""
+    for i in range(count):
+        api_key, ids = serve(stub, f"Question {i}?", [f"Answer {i}."], model_version)
+        send_feedback(http, api_key, {"kind": "thumb", "response_id": ids[0], "value": value})
 
 
 def record_great_rankings(stub, http, count: int, seed: int = 0) -> None:

@@ -137,11 +137,13 @@ class RunStore:
         return None if run_id is None else self.get(run_id)
 
     def claim(self, run_id: str, fence: int) -> Run | None:
-        """Make ``fence`` the run's owner (a new lease holder); None if the run is over."""
+        """Make ``fence`` the run's owner (a new lease holder); None if the run is over, or
+        if a newer fence already owns it (a worker that paused between taking its lease and
+        claiming must not take the run back from the one that came after)."""
         with self.engine.begin() as conn:
             done = conn.execute(
                 runs.update()
-                .where(runs.c.id == run_id, runs.c.active == 1)
+                .where(runs.c.id == run_id, runs.c.active == 1, runs.c.fence < fence)
                 .values(status="running", fence=fence, heartbeat_at=_now())
             ).rowcount
         return self.get(run_id) if done else None

@@ -1,0 +1,192 @@
+"""The flywheel turning with the real trainer processes: a Celery control worker, a train
+worker and beat (never eager mode) on real Redis, the real feedback service, the tiny model,
+and the engine that serves what the trainer promotes.
+
+Each test starts the processes of ``python -m services.trainer`` as a deployment would and
+watches what users and operators see: the registry, the run record, the engine's /info.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+
+from services.inference.engine.server import EngineServer
+from services.trainer.store.runs import RunStore
+from tests.harness import wait_for
+from tests.inference.inference_helpers import engine_settings
+from tests.trainer.trainer_helpers import REPO, TrainerProcess, record_great_rankings, record_thumbs
+
+RUN_TIMEOUT_S = 240
+
+
+class Deployment:
+    """The trainer's three processes, and a Celery client to talk to them as the CLI does."""
+
+    def __init__(self, env: dict[str, str], log_dir) -> None:
+        self.env = env
+        self.control = TrainerProcess(["worker", "control"], env, log_dir / "control.log")
+        self.train = TrainerProcess(["worker", "train"], env, log_dir / "train.log")
+        self.beat = TrainerProcess(["beat"], env, log_dir / "beat.log")
+        self.client = Celery(broker=env["FLYWHEEL_REDIS_URL"], backend=env["FLYWHEEL_REDIS_URL"])
+        self.store = RunStore(f"sqlite:///{env['FLYWHEEL_DATA_DIR']}/trainer.sqlite3")
+
+    def start(self, beat: bool = True) -> Deployment:
+        for process in (self.control, self.train, *([self.beat] if beat else [])):
+            process.start()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.beat, self.train, self.control):
+            process.stop()
+        self.client.close()
+        self.store.close()
+
+    def call(self, task: str, *args, timeout: float = 60, **kwargs):
+        return self.send(task, *args, **kwargs).get(timeout=timeout)
+
+    def send(self, task: str, *args, **kwargs):
+        """As the CLI sends: by name, to the control queue (the run task routes to train)."""
+        queue = "train" if task == "flywheel.trainer.run" else "control"
+        return self.client.send_task(task, args=args, kwargs=kwargs, queue=queue)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.log_path.name}\n{p.log()[-6000:]}"
+            for p in (self.control, self.train, self.beat)
+        )
+
+    def wait_for_run(self, run_id: str, timeout: float = RUN_TIMEOUT_S):
+        try:
+            wait_for(lambda: not self.store.get(run_id).active, timeout, f"{run_id} to end")
+        except AssertionError:
+            raise AssertionError(f"{run_id} did not end:\n{self.logs()}") from None
+        return self.store.get(run_id)
+
+
+@pytest.fixture
+def deployment(env, tmp_path) -> Iterator[Deployment]:
+    (tmp_path / "trainer").mkdir(exist_ok=True)
+    deployment = Deployment(env, tmp_path)
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def engine(model_store, trainer_redis_url) -> Iterator[EngineServer]:
+    server = EngineServer(engine_settings(model_store, trainer_redis_url))
+    server.start()
+    yield server
+    server.stop()
+
+
+def flywheel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def served_version(engine: EngineServer) -> str:
+    info = httpx.get(f"http://127.0.0.1:{engine.http.port}/info", timeout=10).json()
+    return info["model_version"]
+
+
+def first_run(deployment: Deployment) -> str:
+    wait_for(lambda: deployment.store.recent(1), 60, "beat's check to start a run")
+    return deployment.store.recent(1)[0].id
+
+
+def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_dislike_it(
+    deployment, feedback, engine, model_store
+):
+    assert served_version(engine) == "v0"
+    record_great_rankings(feedback.stub, feedback.http, 40)  # 120 pairs >= 60: beat starts one
+    deployment.env.update(FLYWHEEL_TRAINER_ROLLBACK_MIN_VOTES="4")
+    deployment.start()
+    run = deployment.wait_for_run(first_run(deployment))
+
+    assert run.status == "succeeded", (run.reason, deployment.logs())
+    assert model_store.promoted("policy").version == "v1"
+    assert model_store.promoted("reward").version == "v0"
+    # The engine followed the promotion announced on Redis.
+    wait_for(lambda: served_version(engine) == "v1", 30, "the engine to serve policy/v1")
+
+    # The operator's view, through the control worker as `flywheel train status` asks it.
+    status = deployment.call("flywheel.trainer.status", 5)
+    assert status[0]["id"] == run.id and status[0]["status"] == "succeeded"
+    stages = {s["name"]: s for s in status[0]["stages"]}
+    assert list(stages)[-1] == "promote"
+    assert "objective/kl" in stages["ppo"]["outputs"]
+    assert stages["rm_gate"]["outputs"]["promoted"] == "v0"
+
+    # The same, as an operator types it.
+    shown = flywheel(deployment.env, "train", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert run.id in shown.stdout and "succeeded" in shown.stdout
+    assert "heldout_accuracy=" in shown.stdout and "win_rate=" in shown.stdout
+    nothing_new = flywheel(deployment.env, "train", "now")
+    assert nothing_new.returncode == 1
+    assert "no new comparisons since the last run" in nothing_new.stdout
+    assert "no run is in progress" in flywheel(deployment.env, "train", "cancel").stdout
+
+    # A redelivered (or duplicated) run message does nothing twice.
+    assert deployment.call("flywheel.trainer.run", run.id) == "nothing to do: the run is over"
+    again = deployment.store.get(run.id)
+    assert {s.name: s.attempts for s in again.stages.values()} == {
+        s.name: s.attempts for s in run.stages.values()
+    }
+    assert len(model_store.versions("policy")) == 2
+
+    # Users liked v0's answers and dislike v1's: beat's rollback watch puts v0 back.
+    record_thumbs(feedback.stub, feedback.http, "v0", 1, 4)
+    record_thumbs(feedback.stub, feedback.http, "v1", -1, 4)
+    wait_for(lambda: model_store.promoted("policy").version == "v0", 30, "the rollback")
+    assert deployment.store.rolled_back("v1")
+    wait_for(lambda: served_version(engine) == "v0", 30, "the engine to serve v0 again")
+    assert model_store.get("policy", "v1").status == "rolled-back"
+
+
+def test_two_triggers_at_once_give_one_run(deployment, feedback):
+    record_great_rankings(feedback.stub, feedback.http, 40)
+    deployment.start(beat=False)
+    replies = [deployment.send("flywheel.trainer.check", forced=True) for _ in range(3)]
+    results = [reply.get(timeout=60) for reply in replies]
+    assert sum(r["started"] for r in results) == 1, results
+    assert len({r["run_id"] for r in results}) == 1
+    assert len(deployment.store.recent(10)) == 1
+
+
+def test_a_worker_killed_mid_ppo_resumes_the_run_from_its_checkpoint(
+    deployment, feedback, env, model_store
+):
+    # Enough PPO iterations that the kill lands inside the stage, a checkpoint every one.
+    deployment.env.update(FLYWHEEL_TRAINER_PPO_ITERATIONS="12")
+    record_great_rankings(feedback.stub, feedback.http, 40)
+    deployment.start()
+    run_id = first_run(deployment)
+    stage_dir = Path(env["FLYWHEEL_DATA_DIR"]) / "trainer" / "runs" / run_id / "ppo"
+    # A checkpoint is complete once renamed into place (services/rlhf/checkpoint.py).
+    complete = stage_dir / "checkpoints" / "checkpoint"
+    wait_for(complete.is_dir, RUN_TIMEOUT_S, "a complete PPO checkpoint")
+    deployment.train.kill()  # the worker and, with it, its stage process
+
+    deployment.train.start()  # the reconciler hands the run to the new worker
+    run = deployment.wait_for_run(run_id)
+    assert run.status == "succeeded", (run.reason, deployment.logs())
+    assert run.stages["ppo"].attempts == 2  # the stage resumed, not the run
+    assert run.stages["reward_model"].attempts == 1  # done stages are never redone
+    assert "resumed from" in deployment.train.log()
+    assert model_store.promoted("policy").version == "v1"
+    assert len(model_store.versions("policy")) == 2

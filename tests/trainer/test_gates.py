@@ -1,0 +1,204 @@
+"""The gates: what passes a reward model and a policy, and when a promoted policy is rolled
+back, each rule on its own numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.trainer.gates import (
+    AnswerStats,
+    PolicyLimits,
+    policy_gate,
+    reward_model_gate,
+    rollback_due,
+    win_rate_with_interval,
+)
+
+# ---- the reward model gate ------------------------------------------------------------------
+
+
+def test_the_first_reward_model_must_beat_chance_by_the_margin():
+    assert reward_model_gate(0.60, None, tolerance=0.02, first_margin=0.05).passed
+    refused = reward_model_gate(0.54, None, tolerance=0.02, first_margin=0.05)
+    assert not refused.passed
+    assert refused.reasons == ["held-out accuracy 0.540 < 0.550 (chance + margin)"]
+
+
+def test_the_first_reward_model_exactly_at_chance_plus_margin_passes():
+    assert reward_model_gate(0.75, None, tolerance=0.0, first_margin=0.25).passed
+    # 11 of 20 held-out groups right: 0.55, the default floor.
+    assert reward_model_gate(11 / 20, None, tolerance=0.02, first_margin=0.05).passed
+
+
+def test_a_later_reward_model_is_judged_against_the_promoted_one_not_chance():
+    # Well above chance + margin, but too far below the promoted RM.
+    refused = reward_model_gate(0.70, 0.80, tolerance=0.02, first_margin=0.05)
+    assert not refused.passed
+    assert "0.700 < 0.780" in refused.reason and "0.800" in refused.reason
+    # Slightly below the promoted RM, within the tolerance: passes.
+    assert reward_model_gate(0.79, 0.80, tolerance=0.02, first_margin=0.05).passed
+    # Below chance + margin, but the promoted RM is no better: passes.
+    assert reward_model_gate(0.52, 0.53, tolerance=0.02, first_margin=0.05).passed
+
+
+def test_a_reward_model_exactly_the_tolerance_below_the_promoted_one_passes():
+    assert reward_model_gate(0.5, 0.75, tolerance=0.25, first_margin=0.05).passed
+    # 39 vs 40 of 50 held-out groups at the default tolerance.
+    assert reward_model_gate(39 / 50, 40 / 50, tolerance=0.02, first_margin=0.05).passed
+
+
+def test_the_tolerance_boundary_holds_for_counts_of_a_small_heldout_set():
+    # 7 vs 8 of 10 held-out groups right, rm_gate_tolerance=0.1: exactly at the floor.
+    assert reward_model_gate(7 / 10, 8 / 10, tolerance=0.1, first_margin=0.05).passed
+
+
+# ---- the win rate ---------------------------------------------------------------------------
+
+
+def test_ties_count_half_in_the_win_rate():
+    rate, _, _ = win_rate_with_interval([1.0, 0.5, 0.5, 0.0], samples=200)
+    assert rate == 0.5
+    rate, _, _ = win_rate_with_interval([0.5, 0.5, 1.0, 1.0], samples=200)
+    assert rate == 0.75
+
+
+def test_the_interval_contains_the_win_rate():
+    verdicts = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0]
+    rate, lower, upper = win_rate_with_interval(verdicts, samples=1000, seed=3)
+    assert rate == pytest.approx(sum(verdicts) / len(verdicts))
+    assert 0.0 <= lower < rate < upper <= 1.0
+
+
+def test_a_wider_level_gives_a_wider_interval():
+    verdicts = [1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0]
+    _, low_90, high_90 = win_rate_with_interval(verdicts, samples=2000, level=0.9)
+    _, low_99, high_99 = win_rate_with_interval(verdicts, samples=2000, level=0.99)
+    assert low_99 <= low_90 and high_90 <= high_99
+    assert (high_99 - low_99) > (high_90 - low_90)
+
+
+def test_all_wins_give_a_certain_win_rate():
+    assert win_rate_with_interval([1.0] * 7, samples=300) == (1.0, 1.0, 1.0)
+
+
+def test_the_interval_is_the_same_for_the_same_seed():
+    verdicts = [1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0, 0.0]
+    first = win_rate_with_interval(verdicts, samples=500, seed=7)
+    assert win_rate_with_interval(verdicts, samples=500, seed=7) == first
+    others = {win_rate_with_interval(verdicts, samples=500, seed=s)[1:] for s in range(10)}
+    assert len(others) > 1, "the seed does not change the resampling"
+
+
+def test_no_verdicts_is_an_error_not_a_win_rate():
+    with pytest.raises(ValueError, match="no verdicts"):
+        win_rate_with_interval([], samples=100)
+
+
+# ---- answer statistics ----------------------------------------------------------------------
+
+EOS = 2
+
+
+def test_answer_stats_count_end_of_turn_length_and_distinct_answers():
+    answers = [[5, 6, EOS], [7, EOS], [8, 9, 10, 11], []]
+    texts = ["a", "b", "a", ""]
+    stats = AnswerStats.of(answers, texts, EOS)
+    assert stats.end_of_turn_rate == 0.5  # two of four end on the end-of-turn token
+    assert stats.mean_length == (3 + 2 + 4 + 0) / 4
+    assert stats.distinct_rate == 3 / 4
+
+
+def test_answer_stats_of_no_answers_are_zero_not_a_crash():
+    assert AnswerStats.of([], [], EOS) == AnswerStats(0.0, 0.0, 0.0)
+
+
+# ---- the policy gate ------------------------------------------------------------------------
+
+LIMITS = PolicyLimits(
+    min_win_rate=0.55,
+    max_kl=20.0,
+    max_ptx_perplexity_ratio=1.25,
+    min_end_of_turn_ratio=0.5,
+    min_length_ratio=0.3,
+    min_distinct_ratio=0.5,
+)
+PROMOTED = AnswerStats(end_of_turn_rate=0.9, mean_length=40.0, distinct_rate=0.8)
+GOOD = dict(win_rate=0.6, kl=5.0, ptx_perplexity_ratio=1.1, candidate=PROMOTED)
+
+
+def test_a_candidate_passing_every_check_passes_with_no_reasons():
+    verdict = policy_gate(**GOOD, promoted=PROMOTED, limits=LIMITS)
+    assert verdict.passed is True
+    assert verdict.reasons == [] and verdict.reason == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (dict(win_rate=0.5), "win rate 0.500 < 0.55"),
+        (dict(kl=25.0), "KL to the reference 25.00 > 20.0 nats"),
+        (dict(kl=-1.0), "negative mean KL -1.00: the measurement is broken"),
+        (dict(ptx_perplexity_ratio=1.4), "ptx perplexity x1.400 > x1.25"),
+        (
+            dict(candidate=AnswerStats(0.3, 40.0, 0.8)),
+            "end-of-turn rate 0.30 collapsed (promoted: 0.90)",
+        ),
+        (
+            dict(candidate=AnswerStats(0.9, 10.0, 0.8)),
+            "mean answer length 10.0 collapsed (promoted: 40.0)",
+        ),
+        (
+            dict(candidate=AnswerStats(0.9, 40.0, 0.3)),
+            "distinct answers 0.30 collapsed (promoted: 0.80)",
+        ),
+    ],
+    ids=["win_rate", "kl_high", "kl_negative", "ptx", "end_of_turn", "length", "distinct"],
+)
+def test_each_failed_check_alone_refuses_with_exactly_its_reason(change, reason):
+    verdict = policy_gate(**{**GOOD, **change}, promoted=PROMOTED, limits=LIMITS)
+    assert verdict.passed is False
+    assert verdict.reasons == [reason]
+
+
+def test_every_failed_check_is_reported_together():
+    verdict = policy_gate(
+        win_rate=0.1,
+        kl=30.0,
+        ptx_perplexity_ratio=2.0,
+        candidate=AnswerStats(0.0, 1.0, 0.1),
+        promoted=PROMOTED,
+        limits=LIMITS,
+    )
+    assert not verdict.passed
+    assert len(verdict.reasons) == 6  # all but the negative-KL check
+    assert verdict.reason == "; ".join(verdict.reasons)
+
+
+# ---- the rollback watch ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "parent"),
+    [((5, 24), (90, 10)), ((90, 10), (5, 24)), ((1, 1), (1, 1))],
+    ids=["version_short", "parent_short", "both_short"],
+)
+def test_too_few_votes_on_either_side_never_roll_back(version, parent):
+    verdict = rollback_due(*version, *parent, margin=0.1, min_votes=30)
+    assert verdict.passed is False
+    votes, parent_votes = sum(version), sum(parent)
+    assert verdict.reasons == [
+        f"too few votes ({votes}, parent {parent_votes}; need 30)",
+    ]
+
+
+def test_a_drop_beyond_the_margin_rolls_back_and_says_why():
+    verdict = rollback_due(20, 20, 80, 20, margin=0.1, min_votes=30)
+    assert verdict.passed is True
+    assert verdict.reasons == ["thumbs-up 0.500 < parent's 0.800 - 0.1 (40 votes)"]
+
+
+@pytest.mark.parametrize("version_up", [75, 80, 95])
+def test_a_drop_within_the_margin_or_a_gain_does_not_roll_back(version_up):
+    verdict = rollback_due(version_up, 100 - version_up, 80, 20, margin=0.1, min_votes=30)
+    assert verdict.passed is False
+    assert "within margin" in verdict.reason
