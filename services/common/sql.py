@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -97,6 +97,20 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
         connection.exec_driver_sql(begin)
 
     return engine
+
+
+def run_migrations_on_handed_connection(metadata: sa.MetaData) -> None:
+    """The body of a migrations folder's env.py: run Alembic on the connection that
+    :class:`Migrations` handed over (SQLite in batch mode: it cannot ALTER most things, batch
+    mode rebuilds tables when a migration needs it)."""
+    connection = context.config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 class Migrations:

@@ -1,17 +1,8 @@
-"""Alembic environment: run with a connection handed over by database.migrate()."""
+"""Alembic environment: run on the connection handed over by services/common/sql.py."""
 
 from __future__ import annotations
 
-from alembic import context
-
+from services.common.sql import run_migrations_on_handed_connection
 from services.feedback.store.tables import metadata
 
-connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection,
-    target_metadata=metadata,
-    # SQLite cannot ALTER most things; batch mode rebuilds tables when a migration needs it.
-    render_as_batch=connection.dialect.name == "sqlite",
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_migrations_on_handed_connection(metadata)
