@@ -150,7 +150,11 @@ class RunDriver:
             raise Stopped(outcome.log_tail[-500:])
         if not outcome.succeeded:
             raise StageCrashed(f"exit {outcome.exit_code}: {outcome.log_tail[-1500:]}")
-        return StageResult.read(ctx.work_dir)
+        result = StageResult.read(ctx.work_dir)
+        if stage == "rm_gate" and result.status == "done":
+            # Promoted before PPO starts, so the reward service serves the RM PPO trains on.
+            promote(ctx.registry, self.settings.redis_url, "reward", result.outputs["promoted"])
+        return result
 
     def _snapshot(self, ctx: StageContext, fence: int) -> StageResult:
         trained = self.store.last_finished(("succeeded",))

@@ -98,6 +98,10 @@ def flywheel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def metrics_of(port: str) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
 def served_version(engine: EngineServer) -> str:
     info = httpx.get(f"http://127.0.0.1:{engine.http.port}/info", timeout=10).json()
     return info["model_version"]
@@ -141,6 +145,13 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     assert "no new comparisons since the last run" in nothing_new.stdout
     assert "no run is in progress" in flywheel(deployment.env, "train", "cancel").stdout
 
+    # Prometheus sees the run end, the promotions, and the gate's numbers.
+    train_metrics = metrics_of(deployment.env["FLYWHEEL_TRAINER_TRAIN_METRICS_PORT"])
+    assert 'flywheel_trainer_runs_total{outcome="succeeded",stage="promote"} 1.0' in train_metrics
+    assert 'flywheel_trainer_promotions_total{role="policy"} 1.0' in train_metrics
+    assert 'flywheel_trainer_promotions_total{role="reward"} 1.0' in train_metrics
+    assert "flywheel_trainer_rm_heldout_accuracy 1.0" in train_metrics
+
     # A redelivered (or duplicated) run message does nothing twice.
     assert deployment.call("flywheel.trainer.run", run.id) == "nothing to do: the run is over"
     again = deployment.store.get(run.id)
@@ -156,6 +167,8 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     assert deployment.store.rolled_back("v1")
     wait_for(lambda: served_version(engine) == "v0", 30, "the engine to serve v0 again")
     assert model_store.get("policy", "v1").status == "rolled-back"
+    control_metrics = metrics_of(deployment.env["FLYWHEEL_TRAINER_CONTROL_METRICS_PORT"])
+    assert 'flywheel_trainer_rollbacks_total{role="policy"} 1.0' in control_metrics
 
 
 def test_two_triggers_at_once_give_one_run(deployment, feedback):

@@ -3,8 +3,11 @@ stages on the tiny model, real registry and Redis."""
 
 from __future__ import annotations
 
+import threading
+
 from services.trainer.control import Trainer
 from services.trainer.settings import TrainerSettings
+from tests.harness import wait_for
 from tests.trainer.trainer_helpers import record_great_rankings
 
 
@@ -80,3 +83,27 @@ def test_the_policy_gate_rejects_a_policy_wrecked_by_training(
     assert model_store.promoted("policy").version == "v0"  # users keep the old policy
     assert model_store.get("policy", "v1").status == "rejected"
     assert model_store.promoted("reward").version == "v0"  # the RM passed its own gate
+
+
+def test_a_cancelled_run_stops_its_stage_and_promotes_nothing(
+    feedback, settings, model_store, monkeypatch
+):
+    # A PPO stage long enough to be cancelled while it runs.
+    trainer, run_id = start_run(feedback, settings, monkeypatch, ppo_iterations=200)
+    outcome: list[str] = []
+    driver = threading.Thread(target=lambda: outcome.append(trainer.drive(run_id)))
+    driver.start()
+    wait_for(
+        lambda: trainer.store.get(run_id).stages.get("ppo") is not None,
+        120,
+        "the PPO stage to start",
+    )
+    assert trainer.cancel()["cancelled"] == run_id
+    driver.join(60)
+
+    assert outcome == ["cancelled at ppo"]
+    run = trainer.store.get(run_id)
+    assert run.status == "cancelled" and not run.active
+    assert run.stages["ppo"].status == "cancelled"
+    assert model_store.promoted("policy").version == "v0"
+    assert len(model_store.versions("policy")) == 1  # PPO never registered a candidate

@@ -4,8 +4,8 @@ Training starts from the promoted reward model (its head included) or, the first
 the promoted policy's backbone with a fresh head; it sees the snapshot's training groups
 only. The model is centred on the answers the policy served in those groups, evaluated on the
 held-out groups, and registered as a candidate that names its snapshot. The gate compares its
-held-out accuracy with the promoted RM's on the very same held-out groups; a passing RM is
-promoted at once, so the reward service serves it while PPO trains against it.
+held-out accuracy with the promoted RM's on the very same held-out groups; the worker
+promotes a passing RM at once, so the reward service serves it while PPO trains against it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from services.rlhf.reward_model import (
 )
 from services.trainer import snapshot
 from services.trainer.gates import reward_model_gate
-from services.trainer.promotion import promote
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -100,8 +99,11 @@ def gate(ctx: StageContext) -> StageResult:
     candidate = ctx.inputs["reward_model"]["version"]
     accuracy = ctx.inputs["reward_model"]["heldout_accuracy"]
     promoted = registry.promoted("reward")
+    if promoted is not None and promoted.version == candidate:
+        # An earlier attempt passed and the worker promoted it, then died before recording.
+        return StageResult("done", {"heldout_accuracy": accuracy, "promoted": candidate})
     promoted_accuracy = None
-    if promoted is not None and promoted.version != candidate:
+    if promoted is not None:
         heldout = comparisons(Path(ctx.inputs["snapshot"]["dataset"]), True)
         device = pick_device(settings.device)
         model = ScalarHeadModel.from_pretrained(promoted.path, device=str(device))
@@ -119,5 +121,5 @@ def gate(ctx: StageContext) -> StageResult:
         if registry.get("reward", candidate).status == "candidate":
             registry.reject("reward", candidate, verdict.reason)
         return StageResult("rejected", outputs, verdict.reason)
-    promote(registry, settings.redis_url, "reward", candidate)
+    # The worker promotes it (pipeline.py), so the reward service serves it during PPO.
     return StageResult("done", {**outputs, "promoted": candidate})
