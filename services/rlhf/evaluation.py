@@ -9,6 +9,7 @@ or, later, the simulated labelers.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,21 @@ def win_rate(
         losses=sum(v == 0.0 for v in verdicts),
         ties=sum(v not in (0.0, 1.0) for v in verdicts),
     )
+
+
+def win_rate_with_interval(
+    verdicts: Sequence[float], samples: int, seed: int = 0, level: float = 0.9
+) -> tuple[float, float, float]:
+    """(win rate, lower, upper): the mean of per-prompt verdicts (1 win, 0.5 tie, 0 loss) and
+    a percentile bootstrap interval at ``level``."""
+    if not verdicts:
+        raise ValueError("no verdicts")
+    n = len(verdicts)
+    rate = sum(verdicts) / n
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(verdicts, k=n)) / n for _ in range(samples))
+    tail = (1 - level) / 2
+    return rate, means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
 
 
 def reward_model_judge(model: ScalarHeadModel, tokenizer, max_length: int = 512) -> Judge:

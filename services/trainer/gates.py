@@ -6,7 +6,6 @@ functions decide and say why. A candidate passes only if every check passes.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -47,21 +46,6 @@ def reward_model_gate(
             f"{promoted_accuracy:.3f} minus {tolerance})"
         ],
     )
-
-
-def win_rate_with_interval(
-    verdicts: Sequence[float], samples: int, seed: int = 0, level: float = 0.9
-) -> tuple[float, float, float]:
-    """(win rate, lower, upper): the mean of per-prompt verdicts (1 win, 0.5 tie, 0 loss) and
-    a percentile bootstrap interval at ``level``."""
-    if not verdicts:
-        raise ValueError("no verdicts")
-    n = len(verdicts)
-    rate = sum(verdicts) / n
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(verdicts, k=n)) / n for _ in range(samples))
-    tail = (1 - level) / 2
-    return rate, means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
 
 
 @dataclass(frozen=True)

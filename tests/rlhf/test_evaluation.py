@@ -12,6 +12,7 @@ from services.rlhf.evaluation import (
     perplexity,
     reward_model_judge,
     win_rate,
+    win_rate_with_interval,
 )
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
@@ -77,3 +78,45 @@ def test_perplexity_matches_the_models_own_loss(tiny_model_dir, tokenizer):
     n_long, n_short = ids.shape[1] - 1, short_ids.shape[1] - 1
     pooled = (math.log(expected) * n_long + short_loss * n_short) / (n_long + n_short)
     assert perplexity(model, tokenizer, [text, short]) == pytest.approx(math.exp(pooled), rel=1e-4)
+
+
+# ---- the win rate ---------------------------------------------------------------------------
+
+
+def test_ties_count_half_in_the_win_rate():
+    rate, _, _ = win_rate_with_interval([1.0, 0.5, 0.5, 0.0], samples=200)
+    assert rate == 0.5
+    rate, _, _ = win_rate_with_interval([0.5, 0.5, 1.0, 1.0], samples=200)
+    assert rate == 0.75
+
+
+def test_the_interval_contains_the_win_rate():
+    verdicts = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0]
+    rate, lower, upper = win_rate_with_interval(verdicts, samples=1000, seed=3)
+    assert rate == pytest.approx(sum(verdicts) / len(verdicts))
+    assert 0.0 <= lower < rate < upper <= 1.0
+
+
+def test_a_wider_level_gives_a_wider_interval():
+    verdicts = [1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0]
+    _, low_90, high_90 = win_rate_with_interval(verdicts, samples=2000, level=0.9)
+    _, low_99, high_99 = win_rate_with_interval(verdicts, samples=2000, level=0.99)
+    assert low_99 <= low_90 and high_90 <= high_99
+    assert (high_99 - low_99) > (high_90 - low_90)
+
+
+def test_all_wins_give_a_certain_win_rate():
+    assert win_rate_with_interval([1.0] * 7, samples=300) == (1.0, 1.0, 1.0)
+
+
+def test_the_interval_is_the_same_for_the_same_seed():
+    verdicts = [1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0, 0.0]
+    first = win_rate_with_interval(verdicts, samples=500, seed=7)
+    assert win_rate_with_interval(verdicts, samples=500, seed=7) == first
+    others = {win_rate_with_interval(verdicts, samples=500, seed=s)[1:] for s in range(10)}
+    assert len(others) > 1, "the seed does not change the resampling"
+
+
+def test_no_verdicts_is_an_error_not_a_win_rate():
+    with pytest.raises(ValueError, match="no verdicts"):
+        win_rate_with_interval([], samples=100)

@@ -11,7 +11,6 @@ from services.trainer.gates import (
     policy_gate,
     reward_model_gate,
     rollback_due,
-    win_rate_with_interval,
 )
 
 # ---- the reward model gate ------------------------------------------------------------------
@@ -50,48 +49,6 @@ def test_a_reward_model_exactly_the_tolerance_below_the_promoted_one_passes():
 def test_the_tolerance_boundary_holds_for_counts_of_a_small_heldout_set():
     # 7 vs 8 of 10 held-out groups right, rm_gate_tolerance=0.1: exactly at the floor.
     assert reward_model_gate(7 / 10, 8 / 10, tolerance=0.1, first_margin=0.05).passed
-
-
-# ---- the win rate ---------------------------------------------------------------------------
-
-
-def test_ties_count_half_in_the_win_rate():
-    rate, _, _ = win_rate_with_interval([1.0, 0.5, 0.5, 0.0], samples=200)
-    assert rate == 0.5
-    rate, _, _ = win_rate_with_interval([0.5, 0.5, 1.0, 1.0], samples=200)
-    assert rate == 0.75
-
-
-def test_the_interval_contains_the_win_rate():
-    verdicts = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0]
-    rate, lower, upper = win_rate_with_interval(verdicts, samples=1000, seed=3)
-    assert rate == pytest.approx(sum(verdicts) / len(verdicts))
-    assert 0.0 <= lower < rate < upper <= 1.0
-
-
-def test_a_wider_level_gives_a_wider_interval():
-    verdicts = [1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0]
-    _, low_90, high_90 = win_rate_with_interval(verdicts, samples=2000, level=0.9)
-    _, low_99, high_99 = win_rate_with_interval(verdicts, samples=2000, level=0.99)
-    assert low_99 <= low_90 and high_90 <= high_99
-    assert (high_99 - low_99) > (high_90 - low_90)
-
-
-def test_all_wins_give_a_certain_win_rate():
-    assert win_rate_with_interval([1.0] * 7, samples=300) == (1.0, 1.0, 1.0)
-
-
-def test_the_interval_is_the_same_for_the_same_seed():
-    verdicts = [1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 1.0, 0.0]
-    first = win_rate_with_interval(verdicts, samples=500, seed=7)
-    assert win_rate_with_interval(verdicts, samples=500, seed=7) == first
-    others = {win_rate_with_interval(verdicts, samples=500, seed=s)[1:] for s in range(10)}
-    assert len(others) > 1, "the seed does not change the resampling"
-
-
-def test_no_verdicts_is_an_error_not_a_win_rate():
-    with pytest.raises(ValueError, match="no verdicts"):
-        win_rate_with_interval([], samples=100)
 
 
 # ---- answer statistics ----------------------------------------------------------------------

@@ -19,13 +19,13 @@ from transformers import AutoModelForCausalLM
 from services.common.model_loading import load_tokenizer, pick_device
 from services.common.registry import ModelRegistry, VersionInfo
 from services.rlhf.config import to_dict
-from services.rlhf.evaluation import kl_to_reference, perplexity
+from services.rlhf.evaluation import kl_to_reference, perplexity, win_rate_with_interval
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.ppo import PPOConfig, PPOTrainer, standard_metrics
 from services.rlhf.reward_reading import read_rewards
 from services.trainer import snapshot
-from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate, win_rate_with_interval
+from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
