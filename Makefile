@@ -68,9 +68,9 @@ lock: install
 		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-demo:
-	@echo "make demo arrives with the trainer and simulator (see README: Status)." >&2
-	@exit 2
+# The flywheel turning on the local stack (docs/demo.md). QUICK=1: the tiny model, minutes.
+demo: install
+	$(BIN)/python -m services.simulator.demo $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .test-services .pytest_cache .ruff_cache

@@ -17,8 +17,9 @@ import pytest
 import redis
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from transformers import AutoTokenizer, LlamaConfig
+from transformers import AutoTokenizer
 
+from services.common.base_model import tiny_llama_config  # noqa: F401  (re-exported)
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.registry import ModelRegistry
 from services.common.service_auth import service_channel
@@ -164,19 +165,3 @@ def add_tiny_reward_model(
     if promote:
         registry.promote("reward", version)
     return version
-
-
-def tiny_llama_config(tokenizer) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )

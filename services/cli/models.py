@@ -18,7 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="the model registry")
     sub = models.add_subparsers(dest="action", required=True)
 
-    sub.add_parser("init", help="convert the shipped base model into policy/v0 and promote it")
+    init = sub.add_parser("init", help="convert the shipped base model into policy/v0, promoted")
+    init.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model with the base tokenizer instead (tests, quick demos)",
+    )
     listing = sub.add_parser("list", help="versions of every role with their status")
     listing.add_argument("role", nargs="?", choices=ROLES)
     listing.add_argument("--json", action="store_true", help="one JSON document")
@@ -48,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     match args.action:
         case "init":
             # Imported here: it pulls in torch and transformers, which the other commands do not.
-            from services.common.base_model import init_policy_v0
+            from services.common.base_model import init_policy_v0, init_tiny_policy_v0
 
-            info, created = init_policy_v0(registry)
+            info, created = (init_tiny_policy_v0 if args.tiny else init_policy_v0)(registry)
             verb = "created" if created else "already present:"
             print(f"{verb} {info.id} ({info.status}) in {info.path}")
         case "list":

@@ -15,7 +15,13 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from services.common.model_loading import save_to_registry
@@ -87,4 +93,39 @@ def init_policy_v0(registry: ModelRegistry) -> tuple[VersionInfo, bool]:
             "parameters": sum(p.numel() for p in model.parameters()),
         },
     )
+    return registry.promote("policy", info.version), True
+
+
+def tiny_llama_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """A Llama of a few hundred thousand parameters (plus the embeddings) around the base
+    model's tokenizer: real prompts, special tokens and end-of-turn, in well under a second
+    per step. For tests and `make demo QUICK=1`, never for serving users."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def init_tiny_policy_v0(registry: ModelRegistry, seed: int = 0) -> tuple[VersionInfo, bool]:
+    """A tiny random Llama with the base model's tokenizer as ``policy/v0``, promoted.
+    Idempotent like :func:`init_policy_v0`."""
+    existing = registry.versions("policy")
+    if existing:
+        return existing[0], False
+    gguf = find_base_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.model_max_length = 1024
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    notes = f"tiny random Llama (seed {seed}): for tests and quick demos, not for users"
+    info = save_to_registry(registry, "policy", model, tokenizer, notes=notes)
     return registry.promote("policy", info.version), True

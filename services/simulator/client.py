@@ -6,6 +6,7 @@ of the same vote with the same ``client_event_id``)."""
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -110,8 +111,24 @@ class Labeler:
             self._send(body)
         return kind
 
-    def _send(self, body: dict) -> None:
+    def _send(self, body: dict, record_wait_s: float = 15.0) -> None:
+        # The gateway records answers in the background (a durable spool, then the feedback
+        # service), so a vote right after the answer may find it not recorded yet: wait and
+        # send again, with the same client_event_id, as a patient client would.
+        deadline = time.monotonic() + record_wait_s
         reply = self.feedback.post("/v1/feedback", json=body)
+        while _not_recorded_yet(reply) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            reply = self.feedback.post("/v1/feedback", json=body)
         if reply.status_code not in (200, 201):
             self.counts.refused += 1
             raise RuntimeError(f"feedback refused ({reply.status_code}): {reply.text[:300]}")
+
+
+def _not_recorded_yet(reply: httpx.Response) -> bool:
+    if reply.status_code != 404:
+        return False
+    try:
+        return reply.json()["error"]["code"] == "unknown_response"
+    except (ValueError, KeyError, TypeError):
+        return False

@@ -80,8 +80,9 @@ class TrainerSettings(ServiceSettings):
     )
     rm_first_margin: float = Field(
         0.05,
-        ge=0,
-        description="The first RM (none promoted yet) must reach 0.5 + this held-out accuracy.",
+        ge=-0.5,
+        description="The first RM (none promoted yet) must reach 0.5 + this held-out accuracy "
+        "(negative only for demos on a random model, whose answers carry no learnable taste).",
     )
 
     # --- PPO and the policy gate -------------------------------------------------------------

@@ -118,7 +118,9 @@ def train(ctx: StageContext) -> StageResult:
         f"reward/{rm_info.version}",
     )
     log.info("registered policy/%s", info.version)
-    return StageResult("done", {"version": info.version, **last})
+    # Per iteration, for the demo's plots (a resumed attempt lists the iterations it ran).
+    iterations = [standard_metrics(stats) for stats in history]
+    return StageResult("done", {"version": info.version, **last, "history": iterations})
 
 
 def _save(model, tokenizer, folder: Path) -> None:

@@ -1,0 +1,109 @@
+"""The demo's sizes and settings in one place (environment prefix ``FLYWHEEL_DEMO_``).
+
+Two presets: the default (the real base model, sized for at most 30 minutes on 2 CPU cores)
+and ``quick`` (the tiny random model, a few minutes: CI and a first look). Any field can be
+overridden from the environment; the trainer's own settings are passed to its processes as
+``FLYWHEEL_TRAINER_*`` variables (``trainer_env``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# `quick`: the tiny random model; sizes for CI and a first look (a few minutes on 2 cores).
+QUICK_SIZES = dict(
+    data_dir=Path("data/demo-quick"),
+    rounds=1,
+    requests_per_round=40,
+    heldout_percent=25,
+    max_tokens=12,
+    eval_prompts=10,
+    ppo_iterations=3,
+    ppo_rollout_batch_size=4,
+    ppo_minibatch_size=2,
+    ppo_policy_lr=1e-5,
+    rm_lr=2e-3,
+    rm_epochs=3,
+    # A tiny random model's answers are noise, so its RM and policy cannot really improve:
+    # quick opens the RM and win-rate gates to show the machinery (the other checks stay).
+    min_win_rate=0.0,
+    rm_first_margin=-0.5,
+    round_timeout_s=600.0,
+)
+
+
+class DemoSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_DEMO_", extra="ignore")
+
+    quick: bool = Field(False, description="The tiny model and small sizes (CI, a first look).")
+    data_dir: Path = Field(Path("data/demo"), description="The demo's stack: models, logs.")
+    gateway_url: str = Field("http://127.0.0.1:8000", description="Where the personas chat.")
+    feedback_url: str = Field("http://127.0.0.1:8001", description="Where they give feedback.")
+    rounds: int = Field(3, ge=1, description="Rounds of traffic -> training -> evaluation.")
+    requests_per_round: int = Field(
+        60, ge=1, description="Chat requests the training personas send each round."
+    )
+    candidates: int = Field(4, ge=2, le=8, description="Answers per request (the paper: K=4-9).")
+    max_tokens: int = Field(96, ge=1, description="Longest answer served to the personas.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature of the traffic.")
+    eval_prompts: int = Field(25, ge=1, description="Held-out prompts the judges compare on.")
+    include_spammer: bool = Field(True, description="The random-voting persona sends traffic.")
+    seed: int = Field(0, description="Seeds the personas, prompts and sampling.")
+    heldout_percent: int = Field(
+        15, ge=1, le=50, description="Comparison groups the trainer holds out for its gates."
+    )
+    round_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a round's run.")
+
+    # The trainer's sizes for the demo (passed on as FLYWHEEL_TRAINER_*).
+    ppo_iterations: int = Field(12, ge=1, description="PPO iterations per run.")
+    ppo_rollout_batch_size: int = Field(16, ge=1, description="Episodes per PPO iteration.")
+    ppo_minibatch_size: int = Field(8, ge=1, description="Episodes per optimizer step.")
+    ppo_policy_lr: float = Field(2e-6, gt=0, description="Policy learning rate.")
+    rm_lr: float = Field(3e-5, gt=0, description="Reward-model learning rate.")
+    rm_epochs: int = Field(2, ge=1, description="Passes over each snapshot.")
+    min_win_rate: float = Field(
+        0.5, ge=0, le=1, description="The policy gate's win rate (vs the promoted policy)."
+    )
+    rm_first_margin: float = Field(
+        0.05, ge=-0.5, description="The first RM's held-out accuracy must reach 0.5 + this."
+    )
+
+    @model_validator(mode="after")
+    def _quick_sizes(self) -> DemoSettings:
+        """With ``quick``, the quick sizes for every field not set explicitly."""
+        if self.quick:
+            for name, value in QUICK_SIZES.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
+
+    def trainer_env(self) -> dict[str, str]:
+        """The trainer's settings for this demo: a run starts once a round's feedback is in."""
+        pairs_per_round = max(1, self.requests_per_round * 3)  # a ranking of 4 gives 6 pairs
+        return {
+            "FLYWHEEL_TRAINER_CHECK_INTERVAL_S": "5",
+            "FLYWHEEL_TRAINER_MIN_NEW_PAIRS": str(pairs_per_round),
+            "FLYWHEEL_TRAINER_HELDOUT_PERCENT": str(self.heldout_percent),
+            "FLYWHEEL_TRAINER_MIN_HELDOUT_GROUPS": "3",
+            "FLYWHEEL_TRAINER_RM_LR": str(self.rm_lr),
+            "FLYWHEEL_TRAINER_RM_EPOCHS": str(self.rm_epochs),
+            "FLYWHEEL_TRAINER_RM_MAX_LENGTH": "256",
+            "FLYWHEEL_TRAINER_PPO_ITERATIONS": str(self.ppo_iterations),
+            "FLYWHEEL_TRAINER_PPO_ROLLOUT_BATCH_SIZE": str(self.ppo_rollout_batch_size),
+            "FLYWHEEL_TRAINER_PPO_MINIBATCH_SIZE": str(self.ppo_minibatch_size),
+            "FLYWHEEL_TRAINER_PPO_POLICY_LR": str(self.ppo_policy_lr),
+            "FLYWHEEL_TRAINER_PPO_MAX_NEW_TOKENS": str(self.max_tokens),
+            "FLYWHEEL_TRAINER_PPO_CHECKPOINT_EVERY": "4",
+            "FLYWHEEL_TRAINER_PTX_PER_EPISODE": "1" if self.quick else "2",
+            "FLYWHEEL_TRAINER_GATE_PROMPTS": "16",
+            "FLYWHEEL_TRAINER_GATE_MAX_NEW_TOKENS": str(self.max_tokens),
+            "FLYWHEEL_TRAINER_MIN_WIN_RATE": str(self.min_win_rate),
+            "FLYWHEEL_TRAINER_RM_FIRST_MARGIN": str(self.rm_first_margin),
+            "FLYWHEEL_TRAINER_BOOTSTRAP_SAMPLES": "500",
+            "FLYWHEEL_TRAINER_DEVICE": "cpu",
+            "FLYWHEEL_ENGINE_DEVICE": "cpu",
+            "FLYWHEEL_REWARD_DEVICE": "cpu",
+        }

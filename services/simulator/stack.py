@@ -1,0 +1,34 @@
+"""The demo's handle on the local stack: the ``flywheel`` commands, run for its data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class StackCommands:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir.resolve()
+        self.env = {**os.environ, **env, "FLYWHEEL_DATA_DIR": str(self.data_dir)}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"flywheel {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return json.loads(self.run("train", "status", "--json", "--limit", str(limit)))
+
+    def api_key(self) -> str:
+        return (self.data_dir / "dev-api-key").read_text().strip()
