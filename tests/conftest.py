@@ -12,10 +12,14 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+import sqlalchemy as sa
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -87,6 +91,41 @@ def policy_store(tiny_model_dir, tmp_path) -> ModelRegistry:
     registry.create_version("policy", write_v1, parent=v0.version)
     registry.promote("policy", v0.version)
     return registry
+
+
+TEST_POSTGRES_URL = os.environ.get(
+    "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"
+)
+
+
+def _libpq(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL (``make test`` starts one); a clear failure if it is not there."""
+    try:
+        psycopg.connect(_libpq(TEST_POSTGRES_URL), connect_timeout=2).close()
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"no PostgreSQL at {TEST_POSTGRES_URL} ({exc}); run the tests with `make test`")
+    return TEST_POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database of each kind: a SQLite file, or a fresh PostgreSQL database (the
+    feedback store's and the trainer's run store's tests run on both)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"fb_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq(server), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(_libpq(server), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -32,6 +32,21 @@ from services.feedback.settings import FeedbackSettings
 SERVICE_TOKEN = os.environ.setdefault("FLYWHEEL_SERVICE_TOKEN", "fws_test-" + secrets.token_hex(8))
 
 
+# Every port setting of `flywheel up`'s services: a test stack moves them all to free ports.
+STACK_PORT_VARIABLES = [
+    "FLYWHEEL_FEEDBACK_HTTP_PORT",
+    "FLYWHEEL_FEEDBACK_GRPC_PORT",
+    "FLYWHEEL_REWARD_GRPC_PORT",
+    "FLYWHEEL_REWARD_METRICS_PORT",
+    "FLYWHEEL_ENGINE_HTTP_PORT",
+    "FLYWHEEL_ENGINE_ADMIN_GRPC_PORT",
+    "FLYWHEEL_GATEWAY_HTTP_PORT",
+    "FLYWHEEL_TRAINER_CONTROL_METRICS_PORT",
+    "FLYWHEEL_TRAINER_TRAIN_METRICS_PORT",
+    "FLYWHEEL_TRAINER_BEAT_METRICS_PORT",
+]
+
+
 def free_ports(count: int) -> list[int]:
     """Ports nothing listens on (held open together, so they are distinct)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -55,6 +70,19 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.02)
+
+
+def empty_redis_db(redis_url: str, db: int) -> str:
+    """The URL of database ``db`` of the test Redis, emptied first. Each area of the suite has
+    a database of its own (feedback 3, gateway and stack 5, trainer 7, the stack test 9, the
+    demo 10), so one area's keys never meet another's."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 def internal_channel(target: str) -> grpc.Channel:
@@ -102,6 +130,13 @@ class FeedbackService:
         self._channel: grpc.Channel | None = None
         self.http: httpx.Client | None = None
         self.stub: feedback_pb2_grpc.FeedbackServiceStub | None = None
+
+    @classmethod
+    def on_sqlite(cls, data_dir: Path, redis_url: str, **overrides) -> FeedbackService:
+        """A service whose store is a SQLite file in ``data_dir`` (created), not started."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        database = f"sqlite:///{data_dir / 'feedback.sqlite3'}"
+        return cls(feedback_settings(database, redis_url, data_dir, **overrides))
 
     def start(self) -> FeedbackService:
         self.server = FeedbackServer(self.settings.model_copy(update=self._ports))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import openai
 import pytest
-import redis
 
 from services.common.api_keys import ApiKeyStore
 from services.inference.engine.server import EngineServer
@@ -18,7 +17,11 @@ from services.inference.gateway.server import GatewayServer
 from services.inference.gateway.settings import GatewaySettings
 from services.reward.server import RewardServer
 from services.reward.settings import RewardSettings
-from tests.harness import FeedbackService, add_tiny_reward_model, feedback_settings
+from tests.harness import (
+    FeedbackService,
+    add_tiny_reward_model,
+    empty_redis_db,
+)
 from tests.inference.inference_helpers import engine_settings
 
 GATEWAY_REDIS_DB = 5
@@ -26,26 +29,15 @@ GATEWAY_REDIS_DB = 5
 
 @pytest.fixture
 def gateway_redis_url(redis_url) -> str:
-    """The test Redis, database 5 (no other test uses it), emptied."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{GATEWAY_REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    """The test Redis, database 5, emptied."""
+    return empty_redis_db(redis_url, GATEWAY_REDIS_DB)
 
 
 @pytest.fixture
 def feedback(tmp_path, gateway_redis_url) -> Iterator[FeedbackService]:
-    data_dir = tmp_path / "feedback"
-    data_dir.mkdir()
-    settings = feedback_settings(
-        f"sqlite:///{data_dir / 'feedback.sqlite3'}",
-        gateway_redis_url,
-        data_dir,
-        drain_timeout_s=0.5,
-        revocation_refresh_s=0.2,
-    )
-    service = FeedbackService(settings).start()
+    service = FeedbackService.on_sqlite(
+        tmp_path / "feedback", gateway_redis_url, drain_timeout_s=0.5, revocation_refresh_s=0.2
+    ).start()
     try:
         yield service
     finally:

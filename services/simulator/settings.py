@@ -42,12 +42,12 @@ class DemoSettings(BaseSettings):
     data_dir: Path = Field(Path("data/demo"), description="The demo's stack: models, logs.")
     gateway_url: str = Field("http://127.0.0.1:8000", description="Where the personas chat.")
     feedback_url: str = Field("http://127.0.0.1:8001", description="Where they give feedback.")
-    rounds: int = Field(3, ge=1, description="Rounds of traffic -> training -> evaluation.")
+    rounds: int = Field(2, ge=1, description="Rounds of traffic -> training -> evaluation.")
     requests_per_round: int = Field(
-        60, ge=1, description="Chat requests the training personas send each round."
+        40, ge=1, description="Chat requests the training personas send each round."
     )
     candidates: int = Field(4, ge=2, le=8, description="Answers per request (the paper: K=4-9).")
-    max_tokens: int = Field(96, ge=1, description="Longest answer served to the personas.")
+    max_tokens: int = Field(64, ge=1, description="Longest answer served to the personas.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature of the traffic.")
     eval_prompts: int = Field(25, ge=1, description="Held-out prompts the judges compare on.")
     include_spammer: bool = Field(True, description="The random-voting persona sends traffic.")
@@ -58,10 +58,10 @@ class DemoSettings(BaseSettings):
     round_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a round's run.")
 
     # The trainer's sizes for the demo (passed on as FLYWHEEL_TRAINER_*).
-    ppo_iterations: int = Field(12, ge=1, description="PPO iterations per run.")
-    ppo_rollout_batch_size: int = Field(16, ge=1, description="Episodes per PPO iteration.")
-    ppo_minibatch_size: int = Field(8, ge=1, description="Episodes per optimizer step.")
-    ppo_policy_lr: float = Field(2e-6, gt=0, description="Policy learning rate.")
+    ppo_iterations: int = Field(6, ge=1, description="PPO iterations per run.")
+    ppo_rollout_batch_size: int = Field(8, ge=1, description="Episodes per PPO iteration.")
+    ppo_minibatch_size: int = Field(4, ge=1, description="Episodes per optimizer step.")
+    ppo_policy_lr: float = Field(1e-5, gt=0, description="Policy learning rate.")
     rm_lr: float = Field(3e-5, gt=0, description="Reward-model learning rate.")
     rm_epochs: int = Field(2, ge=1, description="Passes over each snapshot.")
     min_win_rate: float = Field(

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 
 from services.common.registry import ModelRegistry
 from services.rlhf.heads import ScalarHeadModel
+from tests.harness import STACK_PORT_VARIABLES as PORT_VARIABLES
 from tests.harness import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,19 +36,6 @@ SERVICES = [
     "trainer-control",
     "trainer-train",
     "trainer-beat",
-]
-
-PORT_VARIABLES = [
-    "FLYWHEEL_FEEDBACK_HTTP_PORT",
-    "FLYWHEEL_FEEDBACK_GRPC_PORT",
-    "FLYWHEEL_REWARD_GRPC_PORT",
-    "FLYWHEEL_REWARD_METRICS_PORT",
-    "FLYWHEEL_ENGINE_HTTP_PORT",
-    "FLYWHEEL_ENGINE_ADMIN_GRPC_PORT",
-    "FLYWHEEL_GATEWAY_HTTP_PORT",
-    "FLYWHEEL_TRAINER_CONTROL_METRICS_PORT",
-    "FLYWHEEL_TRAINER_TRAIN_METRICS_PORT",
-    "FLYWHEEL_TRAINER_BEAT_METRICS_PORT",
 ]
 
 

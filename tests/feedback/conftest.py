@@ -3,58 +3,18 @@ and the service itself serving HTTP and gRPC on loopback."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-import redis
-import sqlalchemy as sa
 
 from services.feedback.settings import FeedbackSettings
-from tests.harness import FeedbackService, feedback_settings
-
-TEST_POSTGRES_URL = os.environ.get(
-    "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"
-)
-
-
-def _libpq(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A real PostgreSQL (``make test`` starts one); a clear failure if it is not there."""
-    try:
-        psycopg.connect(_libpq(TEST_POSTGRES_URL), connect_timeout=2).close()
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL at {TEST_POSTGRES_URL} ({exc}); run the tests with `make test`")
-    return TEST_POSTGRES_URL
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> Iterator[str]:
-    """An empty database of each kind: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"fb_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(server), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(_libpq(server), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.harness import FeedbackService, empty_redis_db, feedback_settings
 
 
 @pytest.fixture
 def feedback_redis_url(redis_url) -> str:
     """The test Redis, database 3, emptied: the events stream starts empty."""
-    url = redis_url.rsplit("/", 1)[0] + "/3"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return empty_redis_db(redis_url, 3)
 
 
 @pytest.fixture

@@ -10,25 +10,15 @@ import sys
 from pathlib import Path
 
 from services.common.registry import ModelRegistry
-from tests.harness import free_ports
+from tests.harness import STACK_PORT_VARIABLES, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-PORTS = [
-    "FLYWHEEL_FEEDBACK_HTTP_PORT",
-    "FLYWHEEL_FEEDBACK_GRPC_PORT",
-    "FLYWHEEL_REWARD_GRPC_PORT",
-    "FLYWHEEL_REWARD_METRICS_PORT",
-    "FLYWHEEL_ENGINE_HTTP_PORT",
-    "FLYWHEEL_ENGINE_ADMIN_GRPC_PORT",
-    "FLYWHEEL_GATEWAY_HTTP_PORT",
-    "FLYWHEEL_TRAINER_CONTROL_METRICS_PORT",
-    "FLYWHEEL_TRAINER_TRAIN_METRICS_PORT",
-    "FLYWHEEL_TRAINER_BEAT_METRICS_PORT",
-]
 
 
 def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis_url):
-    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
+    ports = dict(
+        zip(STACK_PORT_VARIABLES, map(str, free_ports(len(STACK_PORT_VARIABLES))), strict=True)
+    )
     data_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     env.update(

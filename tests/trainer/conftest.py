@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from services.trainer.settings import TrainerSettings
-from tests.harness import FeedbackService, feedback_settings
+from tests.harness import FeedbackService, empty_redis_db
 from tests.trainer.trainer_helpers import trainer_env
 
 TRAINER_REDIS_DB = 7
@@ -18,21 +17,12 @@ TRAINER_REDIS_DB = 7
 @pytest.fixture
 def trainer_redis_url(redis_url) -> str:
     """The test Redis, database 7 (the trainer's broker, lease and announcements), emptied."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{TRAINER_REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    return empty_redis_db(redis_url, TRAINER_REDIS_DB)
 
 
 @pytest.fixture
 def feedback(tmp_path, trainer_redis_url) -> Iterator[FeedbackService]:
-    data_dir = tmp_path / "feedback"
-    data_dir.mkdir()
-    settings = feedback_settings(
-        f"sqlite:///{data_dir / 'feedback.sqlite3'}", trainer_redis_url, data_dir
-    )
-    service = FeedbackService(settings).start()
+    service = FeedbackService.on_sqlite(tmp_path / "feedback", trainer_redis_url).start()
     try:
         yield service
     finally:

@@ -3,53 +3,18 @@ records, the reconciler's queries, rollbacks and the Alembic schema."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
 from services.trainer.store.runs import MIGRATIONS, LostFence, RunStore
 from services.trainer.store.tables import runs
 
-TEST_POSTGRES_URL = os.environ.get(
-    "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://flywheel@127.0.0.1:5499/flywheel"
-)
 TABLES = {"runs", "stages", "rollbacks"}
-
-
-def _libpq(url: str) -> str:
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> str:
-    """A real PostgreSQL (``make test`` starts one); a clear failure if it is not there."""
-    try:
-        psycopg.connect(_libpq(TEST_POSTGRES_URL), connect_timeout=2).close()
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL at {TEST_POSTGRES_URL} ({exc}); run the tests with `make test`")
-    return TEST_POSTGRES_URL
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> Iterator[str]:
-    """An empty database of each kind: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'trainer.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_server")
-    name = f"trainer_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(server), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(_libpq(server), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
