@@ -53,7 +53,7 @@ class DemoSettings(BaseSettings):
     include_spammer: bool = Field(True, description="The random-voting persona sends traffic.")
     seed: int = Field(0, description="Seeds the personas, prompts and sampling.")
     heldout_percent: int = Field(
-        15, ge=1, le=50, description="Comparison groups the trainer holds out for its gates."
+        20, ge=1, le=50, description="Comparison groups the trainer holds out for its gates."
     )
     round_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a round's run.")
 
@@ -82,7 +82,10 @@ class DemoSettings(BaseSettings):
 
     def trainer_env(self) -> dict[str, str]:
         """The trainer's settings for this demo: a run starts once a round's feedback is in."""
-        pairs_per_round = max(1, self.requests_per_round * 3)  # a ranking of 4 gives 6 pairs
+        # A request gives about 4.4 pairs (70% rankings of 4 = 6 pairs, 15% pairwise votes =
+        # 1, thumbs mostly none): a run starts late in a round's traffic, as in production
+        # once enough has arrived; what comes after counts for the next run.
+        pairs_per_round = max(1, int(self.requests_per_round * 3.5))
         return {
             "FLYWHEEL_TRAINER_CHECK_INTERVAL_S": "5",
             "FLYWHEEL_TRAINER_MIN_NEW_PAIRS": str(pairs_per_round),

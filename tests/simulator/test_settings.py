@@ -17,5 +17,5 @@ def test_quick_takes_its_sizes_unless_the_environment_says_otherwise(monkeypatch
 def test_the_trainer_starts_a_run_once_a_round_s_feedback_is_in():
     settings = DemoSettings(requests_per_round=40)
     env = settings.trainer_env()
-    assert env["FLYWHEEL_TRAINER_MIN_NEW_PAIRS"] == "120"
+    assert env["FLYWHEEL_TRAINER_MIN_NEW_PAIRS"] == "140"
     assert env["FLYWHEEL_TRAINER_PPO_ITERATIONS"] == str(settings.ppo_iterations)
