@@ -48,6 +48,7 @@ class Demo:
         self.eval_prompts = [p.text for p in held_out_prompts()][: settings.eval_prompts]
         self.rows: list[RoundResult] = []
         self.served_pairs: list[tuple[str, str, str]] = []  # for the agreement measurement
+        self._v0_perplexity: float | None = None
 
     def run(self) -> Path:
         s = self.settings
@@ -157,12 +158,16 @@ class Demo:
         return answers
 
     def _perplexity_change(self, version: str) -> float:
-        texts = general_texts()
-        base, tokenizer = load_causal_lm(self.registry.get("policy", "v0").path, device="cpu")
+        """General-text perplexity of ``version`` over v0's, minus 1 (v0's is measured once)."""
         if version == "v0":
             return 0.0
-        current, _ = load_causal_lm(self.registry.get("policy", version).path, device="cpu")
-        return perplexity(current, tokenizer, texts) / perplexity(base, tokenizer, texts) - 1
+        if self._v0_perplexity is None:
+            self._v0_perplexity = self._perplexity("v0")
+        return self._perplexity(version) / self._v0_perplexity - 1
+
+    def _perplexity(self, version: str) -> float:
+        model, tokenizer = load_causal_lm(self.registry.get("policy", version).path, device="cpu")
+        return perplexity(model, tokenizer, general_texts())
 
     def _init_model(self) -> None:
         if not self.registry.versions("policy"):

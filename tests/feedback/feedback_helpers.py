@@ -46,8 +46,12 @@ def serve_group(
     created_at: datetime | None = None,
     prompt: str = "Name a colour.",
     record: int | None = None,
+    answers: list[str] | None = None,
 ) -> ServedGroup:
-    """Record ``n`` answers to one prompt (only the first ``record`` of them, if given)."""
+    """Record ``n`` answers to one prompt (only the first ``record`` of them, if given);
+    ``answers`` gives their texts (and then their number)."""
+    if answers is not None:
+        n = len(answers)
     api_key = api_key or new_api_key()
     token = new_feedback_token()
     group = f"grp_{uuid.uuid4().hex}"
@@ -63,7 +67,7 @@ def serve_group(
                     response_id=response_id,
                     conversation_id=f"conv_{group}",
                     messages=[common_pb2.ChatMessage(role="user", content=prompt)],
-                    answer=f"answer {index} to {prompt}",
+                    answer=answers[index] if answers else f"answer {index} to {prompt}",
                     candidate_group=group,
                     candidate_index=index,
                     candidate_count=n,

@@ -8,13 +8,12 @@ import random
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
 
-from services.common.credentials import api_key_id, new_api_key, new_feedback_token
-from services.common.generated.flywheel.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
+from services.common.generated.flywheel.v1 import feedback_pb2_grpc
+from tests.feedback.feedback_helpers import serve_group
 from tests.harness import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,29 +28,8 @@ def serve(
 ) -> tuple[str, list[str]]:
     """Record ``answers`` to ``prompt`` as the gateway does for one request (one candidate
     group); the API key that received them and their response ids."""
-    api_key, token = new_api_key(), new_feedback_token()
-    group = f"grp_{uuid.uuid4().hex}"
-    ids = [f"resp_{uuid.uuid4().hex}" for _ in answers]
-    for index, (response_id, answer) in enumerate(zip(ids, answers, strict=True)):
-        stub.RecordInteraction(
-            feedback_pb2.RecordInteractionRequest(
-                interaction=feedback_pb2.Interaction(
-                    response_id=response_id,
-                    conversation_id=f"conv_{group}",
-                    messages=[common_pb2.ChatMessage(role="user", content=prompt)],
-                    answer=answer,
-                    candidate_group=group,
-                    candidate_index=index,
-                    candidate_count=len(ids),
-                    model_version=model_version,
-                    sampling=common_pb2.SamplingParams(temperature=1.0, do_sample=True),
-                    api_key_id=api_key_id(api_key),
-                    feedback_token=token,
-                )
-            ),
-            timeout=10,
-        )
-    return api_key, ids
+    group = serve_group(stub, prompt=prompt, answers=answers, model_version=model_version)
+    return group.api_key, group.response_ids
 
 
 def send_feedback(http: httpx.Client, api_key: str, body: dict) -> None:

@@ -113,7 +113,7 @@ def train(ctx: StageContext) -> StageResult:
         parent=start.version,
         data_snapshot_id=ctx.inputs["snapshot"]["snapshot_id"],
         metrics=last,
-        config={**ctx.provenance(), "reward_model": rm_info.version, "ppo": _jsonable(config)},
+        config={**ctx.provenance(), "reward_model": rm_info.version, "ppo": to_dict(config)},
         notes=f"PPO{'-ptx' if settings.ptx_coef > 0 else ''} by {ctx.run_id} against "
         f"reward/{rm_info.version}",
     )
@@ -126,10 +126,6 @@ def train(ctx: StageContext) -> StageResult:
 def _save(model, tokenizer, folder: Path) -> None:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-def _jsonable(config: PPOConfig) -> dict:
-    return json.loads(json.dumps(to_dict(config)))
 
 
 def gate(ctx: StageContext) -> StageResult:
