@@ -68,9 +68,10 @@ lock: install
 		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-# The flywheel turning on the local stack (docs/demo.md). QUICK=1: the tiny model, minutes.
+# The flywheel turning on the local stack (docs/demo.md). QUICK=1: the tiny model, minutes;
+# ABLATION=1: also PPO without ptx beside PPO-ptx (the alignment-tax table).
 demo: install
-	$(BIN)/python -m services.simulator.demo $(if $(QUICK),--quick,)
+	$(BIN)/python -m services.simulator.demo $(if $(QUICK),--quick,) $(if $(ABLATION),--ablation,)
 
 clean:
 	rm -rf $(VENV) .test-services .pytest_cache .ruff_cache

@@ -61,14 +61,18 @@ class Labeler:
         self.chat_client.close()
         self.feedback.close()
 
-    def ask(self, prompt: str, n: int = 4, temperature: float = 1.0) -> Served:
+    def ask(
+        self, prompt: str, n: int = 4, temperature: float = 1.0, seed: int | None = None
+    ) -> Served:
+        """``n`` answers to ``prompt``; ``seed`` fixes the sampling (drawn from the persona's
+        generator when not given)."""
         reply = self.chat_client.chat.completions.create(
             model="policy",
             messages=[{"role": "user", "content": prompt}],
             n=n,
             temperature=temperature,
             max_tokens=self.max_tokens,
-            seed=self.rng.randrange(2**32),
+            seed=self.rng.randrange(2**32) if seed is None else seed,
         )
         meta = reply.model_extra["flywheel"]
         return Served(

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +25,9 @@ from tqdm import tqdm
 from services.common.model_loading import load_causal_lm
 from services.common.registry import ModelRegistry
 from services.rlhf.evaluation import perplexity
-from services.simulator.agreement import agreement, mean_agreement
+from services.simulator.ablation import alignment_tax
+from services.simulator.ablation import table as ablation_table
+from services.simulator.agreement import PanelAgreement, panel_agreement
 from services.simulator.client import Labeler
 from services.simulator.evaluate import judged_preference
 from services.simulator.personas import Persona, default_panel
@@ -30,14 +35,20 @@ from services.simulator.prompts import general_texts, held_out_prompts, training
 from services.simulator.report import RoundResult, table, write_report
 from services.simulator.settings import DemoSettings
 from services.simulator.stack import StackCommands
+from services.simulator.traffic import plan, run_traffic
 
 log = logging.getLogger(__name__)
+
+_RUN_POLL_S = 5  # how often the demo asks the trainer for its runs (a CLI call each time)
+_JUDGED_AT_ONCE = 8  # concurrent held-out requests while judging
 
 
 class Demo:
     def __init__(self, settings: DemoSettings) -> None:
         self.settings = settings
-        self.stack = StackCommands(settings.data_dir, settings.trainer_env())
+        # Each demo turns the flywheel from v0: the stack's state (models, feedback, runs)
+        # lives in a folder of its own, started afresh; reports stay beside it.
+        self.stack = StackCommands(settings.data_dir / "stack", settings.trainer_env())
         self.registry = ModelRegistry(self.stack.data_dir / "models")
         self.rng = random.Random(settings.seed)
         panel = default_panel()
@@ -52,14 +63,21 @@ class Demo:
 
     def run(self) -> Path:
         s = self.settings
-        self.stack.data_dir.mkdir(parents=True, exist_ok=True)
+        self._fresh_stack()
         self._init_model()
         print(f"starting the stack in {self.stack.data_dir} ...", flush=True)
         self.stack.run("up", timeout=1800)
         try:
-            key = self.stack.api_key()
+            # Every persona is a user with its own key (and its own rate limit).
             labelers = {
-                p.name: Labeler(p, s.gateway_url, s.feedback_url, key, s.seed, s.max_tokens)
+                p.name: Labeler(
+                    p,
+                    s.gateway_url,
+                    s.feedback_url,
+                    self.stack.create_api_key(f"demo persona {p.name}"),
+                    s.seed,
+                    s.max_tokens,
+                )
                 for p in [*self.trainers, *self.judges]
             }
             judge_client = labelers[self.judges[0].name]
@@ -80,14 +98,7 @@ class Demo:
         s = self.settings
         before = {r["id"] for r in self.stack.runs()}
         started = time.monotonic()
-        prompts = [p.text for p in training_prompts()]
-        for _ in tqdm(range(s.requests_per_round), desc=f"round {number}: traffic", unit="req"):
-            persona = self.rng.choice(self.trainers)
-            labeler = labelers[persona.name]
-            served = labeler.ask(self.rng.choice(prompts), s.candidates, s.temperature)
-            labeler.give_feedback(served)
-            a, b = self.rng.sample(range(len(served.answers)), 2)
-            self.served_pairs.append((served.prompt, served.answers[a], served.answers[b]))
+        traffic_s = self._traffic(number, labelers, before)
         run = self._wait_for_run(before, number)
         serving = self._wait_until_serving(judge_client)
         answers = self._answers(judge_client)
@@ -108,11 +119,48 @@ class Demo:
             win_high=preference.high,
             kl_to_v0=gate.get("kl"),
             perplexity_change=self._perplexity_change(serving),
-            stage_seconds={k: v["seconds"] or 0.0 for k, v in stages.items()},
+            stage_seconds={"traffic": traffic_s}
+            | {k: v["seconds"] or 0.0 for k, v in stages.items()},
             ppo_history=stages.get("ppo", {}).get("outputs", {}).get("history", []),
         )
         self.rows.append(row)
         print(f"{row.line()}  [{time.monotonic() - started:.0f} s]", flush=True)
+
+    def _traffic(self, number: int, labelers: dict[str, Labeler], before: set[str]) -> float:
+        """The training personas' requests and feedback, until the trainer starts a run on
+        them (or the round's requests are all sent); the seconds it took."""
+        s = self.settings
+        queues = plan(
+            [p.name for p in self.trainers],
+            [p.text for p in training_prompts()],
+            s.requests_per_round,
+            self.rng,
+        )
+        run_started = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_for_run, args=(before, run_started), daemon=True
+        )
+        started = time.monotonic()
+        watcher.start()
+        with tqdm(total=s.requests_per_round, desc=f"round {number}: traffic", unit="req") as bar:
+            result = run_traffic(
+                labelers, queues, s.candidates, s.temperature, run_started, bar.update
+            )
+        seconds = time.monotonic() - started
+        run_started.set()  # also ends the watcher
+        watcher.join()
+        self.served_pairs.extend(result.served_pairs)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.feedback.items()))
+        print(
+            f"round {number}: {result.requests} requests ({kinds}) in {seconds:.0f} s", flush=True
+        )
+        return seconds
+
+    def _watch_for_run(self, before: set[str], run_started: threading.Event) -> None:
+        """Sets ``run_started`` once beat's check has started a run not in ``before``."""
+        while not run_started.wait(_RUN_POLL_S):
+            if any(r["id"] not in before for r in self.stack.runs(limit=3)):
+                run_started.set()
 
     def _pairs_trained_on(self) -> int:
         """Comparison pairs in the snapshots of the runs that succeeded (each run trains on
@@ -130,10 +178,10 @@ class Demo:
         with tqdm(desc=f"round {number}: training", unit="s", bar_format="{desc} {elapsed}") as bar:
             while time.monotonic() < deadline:
                 new = [r for r in self.stack.runs() if r["id"] not in before]
-                if new and new[0]["status"] not in ("pending", "running"):
-                    return new[0]
-                time.sleep(5)
-                bar.update(5)
+                if new and new[-1]["status"] not in ("pending", "running"):
+                    return new[-1]
+                time.sleep(_RUN_POLL_S)
+                bar.update(_RUN_POLL_S)
         raise TimeoutError(f"no run ended within {self.settings.round_timeout_s:.0f} s")
 
     def _wait_until_serving(self, client: Labeler) -> str:
@@ -144,18 +192,19 @@ class Demo:
         deadline = time.monotonic() + 120
         version = client.ask("Hello!", n=1).model_version
         while version != expected and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(2)
             version = client.ask("Hello!", n=1).model_version
         return version
 
     def _answers(self, client: Labeler) -> list[str]:
-        """One answer of the serving policy to each held-out prompt (the same seeds each time,
-        so only the policy changes between rounds)."""
-        rng_state = client.rng.getstate()
-        client.rng.seed(self.settings.seed)
-        answers = [client.ask(p, n=1, temperature=0.7).answers[0] for p in self.eval_prompts]
-        client.rng.setstate(rng_state)
-        return answers
+        """One answer of the serving policy to each held-out prompt, asked all at once (the
+        engine batches them), with the same seeds each time, so only the policy changes
+        between rounds."""
+        seeds = random.Random(self.settings.seed)
+        jobs = [(p, seeds.randrange(2**32)) for p in self.eval_prompts]
+        with ThreadPoolExecutor(_JUDGED_AT_ONCE, thread_name_prefix="judge") as pool:
+            replies = pool.map(lambda job: client.ask(job[0], 1, 0.7, seed=job[1]), jobs)
+            return [reply.answers[0] for reply in replies]
 
     def _perplexity_change(self, version: str) -> float:
         """General-text perplexity of ``version`` over v0's, minus 1 (v0's is measured once)."""
@@ -169,6 +218,14 @@ class Demo:
         model, tokenizer = load_causal_lm(self.registry.get("policy", version).path, device="cpu")
         return perplexity(model, tokenizer, general_texts())
 
+    def _fresh_stack(self) -> None:
+        """Stop a stack an earlier demo left running (killed before it could stop it) and
+        clear its state, so this demo starts from v0 with no feedback."""
+        if self.stack.data_dir.exists():
+            self.stack.run("down", check=False)
+            shutil.rmtree(self.stack.data_dir)
+        self.stack.data_dir.mkdir(parents=True)
+
     def _init_model(self) -> None:
         if not self.registry.versions("policy"):
             args = ["models", "init", *(["--tiny"] if self.settings.quick else [])]
@@ -177,24 +234,81 @@ class Demo:
     # ---- the report ---------------------------------------------------------------------
 
     def _report(self, baseline: list[str], final: list[str]) -> Path:
-        folder = self.stack.data_dir / "reports" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        folder = self.settings.data_dir.resolve() / "reports" / stamp
+        spammer = next((p for p in self.trainers if p.spammer), None)
         humans = [p for p in self.trainers if not p.spammer]
-        agreed = mean_agreement(agreement(humans, self.served_pairs, self.settings.seed))
+        agreed = panel_agreement(
+            humans, self.judges, spammer, self.served_pairs, self.settings.seed
+        )
+        sections = [_agreement_section(agreed)]
+        if self.settings.ablation:
+            sections.append(self._ablation(folder))
         examples = list(zip(self.eval_prompts, baseline, final, strict=True))[:5]
         path = write_report(
-            folder, self.rows, examples, agreed, self.settings.model_dump(mode="json")
+            folder, self.rows, examples, sections, self.settings.model_dump(mode="json")
         )
         print("\n" + table(self.rows))
+        for section in sections:
+            print("\n" + section)
         print(f"report: {path}")
         return path
+
+    def _ablation(self, folder: Path) -> str:
+        """The last policy the trainer made with PPO-ptx, against the same run without ptx."""
+        made = [v for v in self.registry.versions("policy") if v.manifest.config.get("ppo")]
+        if not made:
+            return "## Alignment tax (--ablation)\n\nNo policy was trained: nothing to ablate.\n"
+        promoted = self.registry.promoted("policy")
+        chosen = promoted if promoted and promoted.manifest.config.get("ppo") else made[-1]
+        print(f"ablation: PPO without ptx beside policy/{chosen.version} ...", flush=True)
+        arms = alignment_tax(
+            self.registry,
+            chosen.version,
+            self.eval_prompts,
+            self.judges,
+            general_texts(),
+            folder / "ablation",
+            self.settings.max_tokens,
+            self.settings.seed,
+        )
+        return (
+            "## Alignment tax (--ablation)\n\n"
+            f"policy/{chosen.version} (PPO-ptx, by the trainer) and the same PPO run without "
+            "ptx (same start, RM, prompts, settings and seed), each judged against v0 by the "
+            "held-out personas on answers sampled in the demo's process with the same seeds.\n\n"
+            + ablation_table(arms)
+            + "\n"
+        )
+
+
+def _agreement_section(agreed: PanelAgreement) -> str:
+    spammer = (
+        f"; the spammer with the judges: {agreed.spammer_with_judges:.0%} (chance: 50%), its "
+        "votes are noise the reward model has to average out (the trainer filters no raters)"
+        if agreed.spammer_with_judges is not None
+        else ""
+    )
+    return (
+        "## Labeler agreement\n\n"
+        "On the answer pairs served in the rounds: the training personas with each other "
+        f"{agreed.among_trainers:.0%} (the paper's labelers: about 73%), with the held-out "
+        f"judges {agreed.trainers_with_judges:.0%} (the paper: about 77%){spammer}.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.simulator.demo")
     parser.add_argument("--quick", action="store_true", help="the tiny model, a few minutes")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train the last run without ptx and print the alignment-tax table",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    settings = DemoSettings(quick=True) if args.quick else DemoSettings()
+    chosen = {k: True for k in ("quick", "ablation") if getattr(args, k)}
+    settings = DemoSettings(**chosen)
     Demo(settings).run()
     return 0
 

@@ -106,7 +106,7 @@ def write_report(
     folder: Path,
     rows: list[RoundResult],
     examples: list[tuple[str, str, str]],
-    agreement: float,
+    sections: list[str],
     settings: dict,
 ) -> Path:
     """Write ``report.md`` (and the plots beside it) into ``folder``; its path."""
@@ -115,8 +115,7 @@ def write_report(
         "# Flywheel demo report\n",
         "## Rounds\n",
         table(rows),
-        f"\nMean pairwise agreement of the training personas on served answers: "
-        f"{agreement:.0%} (the paper's labelers: about 73%).\n",
+        *[f"\n{section}" for section in sections],
         "\n## Plots\n",
         *[f"![{p.stem}]({p.name})\n" for p in images],
         "\n## Example answers to held-out prompts\n",

@@ -17,13 +17,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 QUICK_SIZES = dict(
     data_dir=Path("data/demo-quick"),
     rounds=1,
-    requests_per_round=40,
+    requests_per_round=60,
+    pairs_per_run=100,
     heldout_percent=25,
     max_tokens=12,
     eval_prompts=10,
     ppo_iterations=3,
     ppo_rollout_batch_size=4,
     ppo_minibatch_size=2,
+    ppo_epochs=1,
     ppo_policy_lr=1e-5,
     rm_lr=2e-3,
     rm_epochs=3,
@@ -39,12 +41,24 @@ class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_DEMO_", extra="ignore")
 
     quick: bool = Field(False, description="The tiny model and small sizes (CI, a first look).")
+    ablation: bool = Field(
+        False, description="Also train the last run without ptx: the alignment-tax table."
+    )
     data_dir: Path = Field(Path("data/demo"), description="The demo's stack: models, logs.")
     gateway_url: str = Field("http://127.0.0.1:8000", description="Where the personas chat.")
     feedback_url: str = Field("http://127.0.0.1:8001", description="Where they give feedback.")
     rounds: int = Field(2, ge=1, description="Rounds of traffic -> training -> evaluation.")
     requests_per_round: int = Field(
-        40, ge=1, description="Chat requests the training personas send each round."
+        80,
+        ge=1,
+        description="Most chat requests the training personas send in a round; traffic "
+        "pauses earlier, as soon as the trainer starts a run.",
+    )
+    pairs_per_run: int = Field(
+        150,
+        ge=1,
+        description="New comparison pairs that start a run (the trainer's MIN_NEW_PAIRS); a "
+        "request gives about 4.4.",
     )
     candidates: int = Field(4, ge=2, le=8, description="Answers per request (the paper: K=4-9).")
     max_tokens: int = Field(64, ge=1, description="Longest answer served to the personas.")
@@ -58,9 +72,10 @@ class DemoSettings(BaseSettings):
     round_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a round's run.")
 
     # The trainer's sizes for the demo (passed on as FLYWHEEL_TRAINER_*).
-    ppo_iterations: int = Field(6, ge=1, description="PPO iterations per run.")
-    ppo_rollout_batch_size: int = Field(8, ge=1, description="Episodes per PPO iteration.")
-    ppo_minibatch_size: int = Field(4, ge=1, description="Episodes per optimizer step.")
+    ppo_iterations: int = Field(5, ge=1, description="PPO iterations per run.")
+    ppo_rollout_batch_size: int = Field(16, ge=1, description="Episodes per PPO iteration.")
+    ppo_minibatch_size: int = Field(16, ge=1, description="Episodes per optimizer step.")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     ppo_policy_lr: float = Field(1e-5, gt=0, description="Policy learning rate.")
     rm_lr: float = Field(3e-5, gt=0, description="Reward-model learning rate.")
     rm_epochs: int = Field(2, ge=1, description="Passes over each snapshot.")
@@ -81,26 +96,28 @@ class DemoSettings(BaseSettings):
         return self
 
     def trainer_env(self) -> dict[str, str]:
-        """The trainer's settings for this demo: a run starts once a round's feedback is in."""
-        # A request gives about 4.4 pairs (70% rankings of 4 = 6 pairs, 15% pairwise votes =
-        # 1, thumbs mostly none): a run starts late in a round's traffic, as in production
-        # once enough has arrived; what comes after counts for the next run.
-        pairs_per_round = max(1, int(self.requests_per_round * 3.5))
+        """The trainer's settings for this demo: beat starts a run once ``pairs_per_run``
+        new comparison pairs are in, as production does."""
         return {
             "FLYWHEEL_TRAINER_CHECK_INTERVAL_S": "5",
-            "FLYWHEEL_TRAINER_MIN_NEW_PAIRS": str(pairs_per_round),
+            "FLYWHEEL_TRAINER_MIN_NEW_PAIRS": str(self.pairs_per_run),
             "FLYWHEEL_TRAINER_HELDOUT_PERCENT": str(self.heldout_percent),
             "FLYWHEEL_TRAINER_MIN_HELDOUT_GROUPS": "3",
             "FLYWHEEL_TRAINER_RM_LR": str(self.rm_lr),
             "FLYWHEEL_TRAINER_RM_EPOCHS": str(self.rm_epochs),
-            "FLYWHEEL_TRAINER_RM_MAX_LENGTH": "256",
+            # The system prompt, a request and a 64-token answer fit in 128 tokens.
+            "FLYWHEEL_TRAINER_RM_MAX_LENGTH": "128",
             "FLYWHEEL_TRAINER_PPO_ITERATIONS": str(self.ppo_iterations),
             "FLYWHEEL_TRAINER_PPO_ROLLOUT_BATCH_SIZE": str(self.ppo_rollout_batch_size),
             "FLYWHEEL_TRAINER_PPO_MINIBATCH_SIZE": str(self.ppo_minibatch_size),
+            "FLYWHEEL_TRAINER_PPO_EPOCHS": str(self.ppo_epochs),
+            # The personas are served answers cut at max_tokens and rank them: the RM has
+            # learned how cut answers compare, so it scores PPO's cut rollouts too.
+            "FLYWHEEL_TRAINER_PPO_SCORE_CUT_ANSWERS": "true",
             "FLYWHEEL_TRAINER_PPO_POLICY_LR": str(self.ppo_policy_lr),
             "FLYWHEEL_TRAINER_PPO_MAX_NEW_TOKENS": str(self.max_tokens),
             "FLYWHEEL_TRAINER_PPO_CHECKPOINT_EVERY": "4",
-            "FLYWHEEL_TRAINER_PTX_PER_EPISODE": "1" if self.quick else "2",
+            "FLYWHEEL_TRAINER_PTX_PER_EPISODE": "1",
             "FLYWHEEL_TRAINER_GATE_PROMPTS": "16",
             "FLYWHEEL_TRAINER_GATE_MAX_NEW_TOKENS": str(self.max_tokens),
             "FLYWHEEL_TRAINER_MIN_WIN_RATE": str(self.min_win_rate),

@@ -30,5 +30,7 @@ class StackCommands:
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return json.loads(self.run("train", "status", "--json", "--limit", str(limit)))
 
-    def api_key(self) -> str:
-        return (self.data_dir / "dev-api-key").read_text().strip()
+    def create_api_key(self, name: str) -> str:
+        """A new API key for ``name`` (``flywheel keys create``), as each user has their own."""
+        printed = self.run("keys", "create", name)
+        return printed.splitlines()[1].strip()  # the line after "<id>  <name>"

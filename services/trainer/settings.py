@@ -90,8 +90,15 @@ class TrainerSettings(ServiceSettings):
     ppo_rollout_batch_size: int = Field(16, ge=1, description="Episodes per PPO iteration.")
     ppo_minibatch_size: int = Field(8, ge=1, description="Episodes per optimizer step.")
     ppo_policy_lr: float = Field(1e-6, gt=0, description="Policy learning rate.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (the paper: 1).")
     ppo_kl_beta: float = Field(0.02, ge=0, description="KL penalty coefficient (the paper's).")
     ppo_max_new_tokens: int = Field(64, ge=1, description="Longest rollout answer.")
+    ppo_score_cut_answers: bool = Field(
+        False,
+        description="Let the RM score rollouts cut at ppo_max_new_tokens. Off: they score -1, "
+        "for an RM that never saw a cut answer; on where users are served answers cut at the "
+        "same length and rank them, so the RM learned how cut answers compare.",
+    )
     ppo_checkpoint_every: int = Field(
         5, ge=1, description="PPO iterations between checkpoints (what a crash can lose)."
     )

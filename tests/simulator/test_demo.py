@@ -1,6 +1,7 @@
 """`make demo QUICK=1` end to end: every part as a real process (Redis, feedback, reward,
 engine, gateway, the trainer's workers and beat), the personas as API clients, the tiny model.
-The run must end with a new promoted policy serving and a report with its plots."""
+The run must end with a new promoted policy serving and a report with its plots, the
+labelers' agreement and the alignment-tax table."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
         FLYWHEEL_DEMO_FEEDBACK_URL=f"http://127.0.0.1:{ports['FLYWHEEL_FEEDBACK_HTTP_PORT']}",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "services.simulator.demo", "--quick"],
+        [sys.executable, "-m", "services.simulator.demo", "--quick", "--ablation"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -40,13 +41,19 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
     assert result.returncode == 0, result.stderr[-4000:]
     assert "round 1: succeeded (passed); serving v1" in result.stdout
 
-    registry = ModelRegistry(data_dir / "models")
+    registry = ModelRegistry(data_dir / "stack" / "models")
     assert registry.promoted("policy").version == "v1"
     assert registry.promoted("reward").version == "v0"
     (report,) = (data_dir / "reports").glob("*/report.md")
     text = report.read_text()
     assert "| 1 |" in text and "succeeded" in text and "win rate vs v0" in text
+    assert "with the held-out judges" in text and "the spammer with the judges" in text
+    # The ablation: v0, the trainer's PPO-ptx policy and the same run without ptx, each with
+    # a general-text perplexity, the trained two with a win rate against v0.
+    assert (
+        "| PPO-ptx | v1 |" in text and "| PPO | (ablation) |" in text and "| v0 | v0 | - |" in text
+    )
     for plot in ("win_rate_and_kl.png", "ppo.png", "rm_accuracy.png"):
         assert (report.parent / plot).stat().st_size > 5000
     # Everything the demo started is stopped again.
-    assert not list((data_dir / "run").glob("*.json"))
+    assert not list((data_dir / "stack" / "run").glob("*.json"))

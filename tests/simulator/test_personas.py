@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from services.simulator.agreement import agreement, mean_agreement
+from services.simulator.agreement import agreement, mean_agreement, panel_agreement
 from services.simulator.personas import default_panel
 from services.simulator.prompts import held_out_prompts, load_prompts, training_prompts
 
@@ -52,9 +52,8 @@ def test_the_panel_has_training_personas_held_out_judges_and_a_spammer():
     assert len({p.name for p in personas}) == len(personas)
 
 
-def test_personas_agree_only_partly_like_the_paper_s_labelers():
-    """Pairs of plausible answers of varying quality: the labelers (spammer aside) agree
-    well above chance and well below unanimity (the paper: about 73%)."""
+def mixed_quality_items() -> list[tuple[str, str, str]]:
+    """(prompt, answer a, answer b): plausible answers of varying quality."""
     rng = random.Random(3)
     pieces = [
         "Here are some ideas.",
@@ -69,6 +68,13 @@ def test_personas_agree_only_partly_like_the_paper_s_labelers():
         a = " ".join(rng.sample(pieces, 2)) + " " + prompt.text
         b = " ".join(rng.sample(pieces, 2))
         items.append((prompt.text, a, b))
+    return items
+
+
+def test_personas_agree_only_partly_like_the_paper_s_labelers():
+    """The labelers (spammer aside) agree well above chance and well below unanimity (the
+    paper: about 73%)."""
+    items = mixed_quality_items()
     people = [p for p in default_panel() if not p.spammer]
     table = agreement(people, items)
     mean = mean_agreement(table)
@@ -76,6 +82,20 @@ def test_personas_agree_only_partly_like_the_paper_s_labelers():
     spammer = next(p for p in default_panel() if p.spammer)
     with_spammer = agreement([people[0], spammer], items)
     assert 0.35 < mean_agreement(with_spammer) < 0.65
+
+
+def test_the_panel_s_agreement_separates_trainers_judges_and_the_spammer():
+    panel = default_panel()
+    trainers = [p for p in panel if not p.held_out and not p.spammer]
+    judges = [p for p in panel if p.held_out]
+    spammer = next(p for p in panel if p.spammer)
+    measured = panel_agreement(trainers, judges, spammer, mixed_quality_items())
+    assert 0.6 < measured.among_trainers < 0.95
+    assert 0.6 < measured.trainers_with_judges < 0.95
+    assert 0.35 < measured.spammer_with_judges < 0.65
+    assert (
+        panel_agreement(trainers, judges, None, mixed_quality_items()).spammer_with_judges is None
+    )
 
 
 def test_prompts_split_the_same_way_every_time():

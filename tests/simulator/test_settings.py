@@ -14,8 +14,8 @@ def test_quick_takes_its_sizes_unless_the_environment_says_otherwise(monkeypatch
     assert DemoSettings(quick=True).rounds == 4
 
 
-def test_the_trainer_starts_a_run_once_a_round_s_feedback_is_in():
-    settings = DemoSettings(requests_per_round=40)
+def test_the_trainer_starts_a_run_once_enough_pairs_are_in():
+    settings = DemoSettings(pairs_per_run=150)
     env = settings.trainer_env()
-    assert env["FLYWHEEL_TRAINER_MIN_NEW_PAIRS"] == "140"
+    assert env["FLYWHEEL_TRAINER_MIN_NEW_PAIRS"] == "150"
     assert env["FLYWHEEL_TRAINER_PPO_ITERATIONS"] == str(settings.ppo_iterations)

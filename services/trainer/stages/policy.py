@@ -9,6 +9,7 @@ new RM, the KL to the reference, the alignment tax on the ptx texts, and signs o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -78,10 +79,14 @@ def train(ctx: StageContext) -> StageResult:
         policy_lr=settings.ppo_policy_lr,
         rollout_batch_size=settings.ppo_rollout_batch_size,
         minibatch_size=settings.ppo_minibatch_size,
+        ppo_epochs=settings.ppo_epochs,
         kl_beta=settings.ppo_kl_beta,
         ptx_coef=settings.ptx_coef,
         ptx_per_episode=settings.ptx_per_episode,
         sampling=SamplingConfig(max_new_tokens=settings.ppo_max_new_tokens),
+        # Otherwise PPOConfig's fixed score for a cut answer.
+        **({"truncated_answer_score": None} if settings.ppo_score_cut_answers else {}),
+        reward_max_length=settings.rm_max_length,
         checkpoint_every=settings.ppo_checkpoint_every,
     )
     reward_model = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
@@ -113,7 +118,13 @@ def train(ctx: StageContext) -> StageResult:
         parent=start.version,
         data_snapshot_id=ctx.inputs["snapshot"]["snapshot_id"],
         metrics=last,
-        config={**ctx.provenance(), "reward_model": rm_info.version, "ppo": to_dict(config)},
+        config={
+            **ctx.provenance(),
+            "reward_model": rm_info.version,
+            "ppo": to_dict(config),
+            "iterations": settings.ppo_iterations,
+            "dataset": ctx.inputs["snapshot"]["dataset"],
+        },
         notes=f"PPO{'-ptx' if settings.ptx_coef > 0 else ''} by {ctx.run_id} against "
         f"reward/{rm_info.version}",
     )
@@ -150,8 +161,9 @@ def gate(ctx: StageContext) -> StageResult:
     theirs = generate(promoted, tokenizer, held_prompts, sampling, with_logprobs=False)
 
     rm = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
-    ours_scores = read_rewards(rm, tokenizer, list(zip(held_prompts, ours.texts, strict=True)))
-    their_scores = read_rewards(rm, tokenizer, list(zip(held_prompts, theirs.texts, strict=True)))
+    scored = functools.partial(read_rewards, rm, tokenizer, max_length=settings.rm_max_length)
+    ours_scores = scored(list(zip(held_prompts, ours.texts, strict=True)))
+    their_scores = scored(list(zip(held_prompts, theirs.texts, strict=True)))
     verdicts = [
         1.0 if a > b else 0.0 if a < b else 0.5
         for a, b in zip(ours_scores, their_scores, strict=True)
