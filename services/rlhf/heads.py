@@ -75,6 +75,25 @@ class ScalarHeadModel(nn.Module):
         last = (positions * attention_mask).argmax(dim=1)
         return values[torch.arange(values.shape[0], device=values.device), last]
 
+    def train_only_top_layers(self, count: int) -> None:
+        """Freeze the embeddings and every transformer block below the top ``count`` (the
+        final norm and the head keep training); 0 leaves everything trainable.
+
+        Backward then stops at the lowest trained block, so a step costs about a forward
+        pass plus ``count / layers`` of a backward: on 2 CPU cores, what makes an RM on a
+        few hundred comparisons fit between rounds of traffic. Lower blocks hold general
+        language features that a few hundred comparisons could only blur.
+        """
+        blocks = self.backbone.layers
+        if count <= 0 or count >= len(blocks):
+            self.requires_grad_(True)
+            return
+        self.backbone.requires_grad_(False)
+        for block in blocks[-count:]:
+            block.requires_grad_(True)
+        self.backbone.norm.requires_grad_(True)
+        self.head.requires_grad_(True)
+
     def shift_bias(self, amount: float) -> None:
         """Add ``amount`` to every output (used to centre rewards on reference answers)."""
         with torch.no_grad():

@@ -90,6 +90,11 @@ class RewardConfig:
         "Run forward and backward under bf16 autocast (weights and Adam stay fp32): faster on "
         "GPUs and on CPUs with bf16 instructions; rewards are still read in fp32.",
     )
+    train_top_layers: int = option(
+        0,
+        "Train only the top N transformer blocks (with the final norm and the head); 0 trains "
+        "all. Fewer trained blocks: a cheaper backward pass (see ScalarHeadModel).",
+    )
     seed: int = option(0, "Seeds the data order.")
     log_every: int = option(10, "Log loss and rate every this many steps.")
     checkpoint_every: int = option(
@@ -178,6 +183,7 @@ def train_reward_model(
     steps_per_epoch = math.ceil(len(usable) / config.prompts_per_batch)
     total_steps = steps_per_epoch * config.epochs
     data_id = fingerprint([[list(c.prompt), list(c.answers), list(c.pairs)] for c in usable])
+    model.train_only_top_layers(config.train_top_layers)  # before the optimizer picks params
     optimizer, scheduler, checkpoints = optimiser_and_checkpoints(
         model, config, total_steps, data_id, checkpoint_dir
     )

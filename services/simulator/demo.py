@@ -39,8 +39,12 @@ from services.simulator.traffic import plan, run_traffic
 
 log = logging.getLogger(__name__)
 
-_RUN_POLL_S = 5  # how often the demo asks the trainer for its runs (a CLI call each time)
+# How often the demo asks the trainer for its runs: a CLI process each time, which costs
+# about a core-second, so often only while traffic must stop quickly.
+_RUN_POLL_S = 5
+_TRAINING_POLL_S = 15
 _JUDGED_AT_ONCE = 8  # concurrent held-out requests while judging
+_JUDGE_RATE_LIMIT = 600.0  # requests per minute (and burst) of a judge's key
 
 
 class Demo:
@@ -68,13 +72,17 @@ class Demo:
         print(f"starting the stack in {self.stack.data_dir} ...", flush=True)
         self.stack.run("up", timeout=1800)
         try:
-            # Every persona is a user with its own key (and its own rate limit).
+            # Every persona is a user with its own key (and the gateway's rate limit); the
+            # judges are an evaluation harness asking all held-out prompts at once: a higher
+            # limit, as an operator would give such a client.
             labelers = {
                 p.name: Labeler(
                     p,
                     s.gateway_url,
                     s.feedback_url,
-                    self.stack.create_api_key(f"demo persona {p.name}"),
+                    self.stack.create_api_key(
+                        f"demo persona {p.name}", _JUDGE_RATE_LIMIT if p.held_out else None
+                    ),
                     s.seed,
                     s.max_tokens,
                 )
@@ -144,7 +152,13 @@ class Demo:
         watcher.start()
         with tqdm(total=s.requests_per_round, desc=f"round {number}: traffic", unit="req") as bar:
             result = run_traffic(
-                labelers, queues, s.candidates, s.temperature, run_started, bar.update
+                labelers,
+                queues,
+                s.candidates,
+                s.temperature,
+                run_started,
+                bar.update,
+                s.requests_in_flight,
             )
         seconds = time.monotonic() - started
         run_started.set()  # also ends the watcher
@@ -180,8 +194,8 @@ class Demo:
                 new = [r for r in self.stack.runs() if r["id"] not in before]
                 if new and new[-1]["status"] not in ("pending", "running"):
                     return new[-1]
-                time.sleep(_RUN_POLL_S)
-                bar.update(_RUN_POLL_S)
+                time.sleep(_TRAINING_POLL_S)
+                bar.update(_TRAINING_POLL_S)
         raise TimeoutError(f"no run ended within {self.settings.round_timeout_s:.0f} s")
 
     def _wait_until_serving(self, client: Labeler) -> str:

@@ -29,6 +29,7 @@ QUICK_SIZES = dict(
     ppo_policy_lr=1e-5,
     rm_lr=2e-3,
     rm_epochs=3,
+    rm_train_top_layers=0,
     # A tiny random model's answers are noise, so its RM and policy cannot really improve:
     # quick opens the RM and win-rate gates to show the machinery (the other checks stay).
     min_win_rate=0.0,
@@ -60,6 +61,12 @@ class DemoSettings(BaseSettings):
         description="New comparison pairs that start a run (the trainer's MIN_NEW_PAIRS); a "
         "request gives about 4.4.",
     )
+    requests_in_flight: int = Field(
+        4,
+        ge=1,
+        description="Most chat requests at once across the personas: the engine's batch of 16 "
+        "sequences holds 4 requests of 4 candidates, more would only queue.",
+    )
     candidates: int = Field(4, ge=2, le=8, description="Answers per request (the paper: K=4-9).")
     max_tokens: int = Field(64, ge=1, description="Longest answer served to the personas.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature of the traffic.")
@@ -77,8 +84,18 @@ class DemoSettings(BaseSettings):
     ppo_minibatch_size: int = Field(16, ge=1, description="Episodes per optimizer step.")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     ppo_policy_lr: float = Field(1e-5, gt=0, description="Policy learning rate.")
+    ptx_coef: float = Field(
+        0.1,
+        ge=0,
+        description="PPO-ptx weight of the pretraining loss. At 1.0 (the trainer's default) "
+        "the 30 short ptx texts were learned by heart (their perplexity fell 39%) while the "
+        "RL gradient of 16 episodes was drowned; 0.1 keeps the term without that.",
+    )
     rm_lr: float = Field(3e-5, gt=0, description="Reward-model learning rate.")
     rm_epochs: int = Field(2, ge=1, description="Passes over each snapshot.")
+    rm_train_top_layers: int = Field(
+        8, ge=0, description="RM blocks trained (of 30 in SmolLM2-135M; 0: all)."
+    )
     min_win_rate: float = Field(
         0.5, ge=0, le=1, description="The policy gate's win rate (vs the promoted policy)."
     )
@@ -105,6 +122,7 @@ class DemoSettings(BaseSettings):
             "FLYWHEEL_TRAINER_MIN_HELDOUT_GROUPS": "3",
             "FLYWHEEL_TRAINER_RM_LR": str(self.rm_lr),
             "FLYWHEEL_TRAINER_RM_EPOCHS": str(self.rm_epochs),
+            "FLYWHEEL_TRAINER_RM_TRAIN_TOP_LAYERS": str(self.rm_train_top_layers),
             # The system prompt, a request and a 64-token answer fit in 128 tokens.
             "FLYWHEEL_TRAINER_RM_MAX_LENGTH": "128",
             "FLYWHEEL_TRAINER_PPO_ITERATIONS": str(self.ppo_iterations),
@@ -117,8 +135,11 @@ class DemoSettings(BaseSettings):
             "FLYWHEEL_TRAINER_PPO_POLICY_LR": str(self.ppo_policy_lr),
             "FLYWHEEL_TRAINER_PPO_MAX_NEW_TOKENS": str(self.max_tokens),
             "FLYWHEEL_TRAINER_PPO_CHECKPOINT_EVERY": "4",
+            "FLYWHEEL_TRAINER_PTX_COEF": str(self.ptx_coef),
             "FLYWHEEL_TRAINER_PTX_PER_EPISODE": "1",
             "FLYWHEEL_TRAINER_GATE_PROMPTS": "16",
+            # A round's held-out split holds a handful of prompts: 4 answers each.
+            "FLYWHEEL_TRAINER_GATE_SAMPLES_PER_PROMPT": "4",
             "FLYWHEEL_TRAINER_GATE_MAX_NEW_TOKENS": str(self.max_tokens),
             "FLYWHEEL_TRAINER_MIN_WIN_RATE": str(self.min_win_rate),
             "FLYWHEEL_TRAINER_RM_FIRST_MARGIN": str(self.rm_first_margin),

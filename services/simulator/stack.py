@@ -30,7 +30,12 @@ class StackCommands:
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return json.loads(self.run("train", "status", "--json", "--limit", str(limit)))
 
-    def create_api_key(self, name: str) -> str:
-        """A new API key for ``name`` (``flywheel keys create``), as each user has their own."""
-        printed = self.run("keys", "create", name)
+    def create_api_key(self, name: str, requests_per_minute: float | None = None) -> str:
+        """A new API key for ``name`` (``flywheel keys create``), as each user has their own;
+        ``requests_per_minute`` overrides the gateway's rate limit for it (and its burst)."""
+        limits = []
+        if requests_per_minute is not None:
+            limits = ["--requests-per-minute", str(requests_per_minute)]
+            limits += ["--burst", str(max(1, int(requests_per_minute)))]
+        printed = self.run("keys", "create", name, *limits)
         return printed.splitlines()[1].strip()  # the line after "<id>  <name>"

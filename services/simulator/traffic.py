@@ -1,10 +1,12 @@
 """A round's traffic: the training personas chatting and giving feedback at the same time.
 
 Users do not wait for each other, and the engine batches concurrent requests, so each persona
-works through its share of the round's requests on its own thread. Who asks what is drawn up
-front from the demo's seed, so a round is the same requests whatever the timing. Traffic
-stops early, after each persona's request in flight, once ``stop`` is set (the demo sets it
-when the trainer starts a run, so training does not share the CPU with serving).
+works through its share of the round's requests on its own thread, with at most
+``in_flight`` requests at once (more would only wait in the engine's queue, and every one in
+flight when traffic stops still has to finish). Who asks what is drawn up front from the
+demo's seed, so a round is the same requests whatever the timing. Traffic stops early, after
+the requests in flight, once ``stop`` is set (the demo sets it when the trainer starts a run,
+so training does not share the CPU with serving).
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def run_traffic(
     temperature: float,
     stop: threading.Event,
     on_request: Callable[[], None] = lambda: None,
+    in_flight: int = 4,
 ) -> TrafficResult:
     """Every persona asks its queue's prompts and judges the answers, all personas at once."""
     result = TrafficResult()
     lock = threading.Lock()
+    slots = threading.Semaphore(in_flight)
 
     def persona_session(name: str) -> None:
         try:
@@ -58,9 +62,10 @@ def run_traffic(
     def ask_all(name: str) -> None:
         labeler = labelers[name]
         for prompt in queues[name]:
-            if stop.is_set():
-                return
-            served = labeler.ask(prompt, candidates, temperature)
+            with slots:
+                if stop.is_set():
+                    return
+                served = labeler.ask(prompt, candidates, temperature)
             kind = labeler.give_feedback(served)
             a, b = labeler.rng.sample(range(len(served.answers)), 2)
             with lock:

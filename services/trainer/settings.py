@@ -72,6 +72,9 @@ class TrainerSettings(ServiceSettings):
     rm_lr: float = Field(9e-6, gt=0, description="Peak learning rate of RM training.")
     rm_prompts_per_batch: int = Field(8, ge=1, description="Comparison groups per RM step.")
     rm_max_length: int = Field(512, ge=16, description="Most tokens of prompt + answer.")
+    rm_train_top_layers: int = Field(
+        0, ge=0, description="Train only the RM's top N transformer blocks; 0: all of them."
+    )
     rm_gate_tolerance: float = Field(
         0.02,
         ge=0,
@@ -116,6 +119,9 @@ class TrainerSettings(ServiceSettings):
     )
     gate_prompts: int = Field(32, ge=1, description="Most held-out prompts the policy gate uses.")
     gate_max_new_tokens: int = Field(64, ge=1, description="Answer length in the policy gate.")
+    gate_samples_per_prompt: int = Field(
+        1, ge=1, description="Answers per held-out prompt and policy in the policy gate."
+    )
     min_win_rate: float = Field(
         0.55,
         ge=0,

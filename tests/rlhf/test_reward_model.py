@@ -172,3 +172,28 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_model_dir, tokenizer,
         train_reward_model(fresh(), tokenizer, data, other, False, tmp_path)
     with pytest.raises(ValueError, match="different training data"):
         train_reward_model(fresh(), tokenizer, data[:20], config, False, tmp_path)
+
+
+def test_training_only_the_top_layers_leaves_the_lower_ones_as_they_were(tiny_model_dir, tokenizer):
+    torch.manual_seed(0)
+    model = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    blocks = model.backbone.layers
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = RewardConfig(lr=2e-3, epochs=2, prompts_per_batch=8, max_length=64, train_top_layers=1)
+    heldout = synthetic_comparisons(40, seed=2)
+    start = pairwise_accuracy(model, tokenizer, heldout)
+    train_reward_model(model, tokenizer, synthetic_comparisons(80, seed=1), config, False)
+
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    top = f"backbone.layers.{len(blocks) - 1}."
+    assert changed and all(n.startswith((top, "backbone.norm.", "head.")) for n in changed)
+    assert any(n.startswith(top) for n in changed) and "head.weight" in changed
+    # Still learns the preference from what it may train.
+    assert pairwise_accuracy(model, tokenizer, heldout) > max(start, 0.7)
+
+
+def test_a_layer_count_of_zero_or_beyond_the_model_trains_everything(tiny_model_dir):
+    model = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    model.train_only_top_layers(1)
+    model.train_only_top_layers(len(model.backbone.layers))
+    assert all(p.requires_grad for p in model.parameters())

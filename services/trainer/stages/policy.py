@@ -155,20 +155,28 @@ def gate(ctx: StageContext) -> StageResult:
     candidate = _causal_lm(candidate_info.path, device)
     promoted = _causal_lm(promoted_info.path, device)
     sampling = SamplingConfig(max_new_tokens=settings.gate_max_new_tokens)
+    # Several answers per prompt when held-out prompts are few: one sample each would make
+    # the verdict a coin toss on sampling noise.
+    samples = settings.gate_samples_per_prompt
+    asked = [prompt for prompt in held_prompts for _ in range(samples)]
     torch.manual_seed(0)
-    ours = generate(candidate, tokenizer, held_prompts, sampling, with_logprobs=False)
+    ours = generate(candidate, tokenizer, asked, sampling, with_logprobs=False)
     torch.manual_seed(0)
-    theirs = generate(promoted, tokenizer, held_prompts, sampling, with_logprobs=False)
+    theirs = generate(promoted, tokenizer, asked, sampling, with_logprobs=False)
 
     rm = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
     scored = functools.partial(read_rewards, rm, tokenizer, max_length=settings.rm_max_length)
-    ours_scores = scored(list(zip(held_prompts, ours.texts, strict=True)))
-    their_scores = scored(list(zip(held_prompts, theirs.texts, strict=True)))
+    ours_scores = scored(list(zip(asked, ours.texts, strict=True)))
+    their_scores = scored(list(zip(asked, theirs.texts, strict=True)))
     verdicts = [
         1.0 if a > b else 0.0 if a < b else 0.5
         for a, b in zip(ours_scores, their_scores, strict=True)
     ]
-    win_rate, low, high = win_rate_with_interval(verdicts, settings.bootstrap_samples)
+    # One verdict per prompt (the mean of its samples): the interval resamples prompts.
+    per_prompt = [
+        sum(verdicts[i : i + samples]) / samples for i in range(0, len(verdicts), samples)
+    ]
+    win_rate, low, high = win_rate_with_interval(per_prompt, settings.bootstrap_samples)
     texts = ptx_texts()
     ptx_ratio = perplexity(candidate, tokenizer, texts) / perplexity(promoted, tokenizer, texts)
     del rm, promoted  # one model fewer in memory before the reference loads
@@ -195,6 +203,7 @@ def gate(ctx: StageContext) -> StageResult:
         "kl": kl,
         "ptx_perplexity_ratio": ptx_ratio,
         "prompts": len(held_prompts),
+        "samples_per_prompt": samples,
         "candidate": vars(candidate_stats),
         "promoted": vars(promoted_stats),
     }

@@ -62,6 +62,7 @@ def train(ctx: StageContext) -> StageResult:
         epochs=settings.rm_epochs,
         prompts_per_batch=settings.rm_prompts_per_batch,
         max_length=settings.rm_max_length,
+        train_top_layers=settings.rm_train_top_layers,
         bf16=device.type == "cuda",
     )
     result = train_reward_model(
