@@ -117,7 +117,12 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
 ):
     assert served_version(engine) == "v0"
     record_great_rankings(feedback.stub, feedback.http, 40)  # 120 pairs >= 60: beat starts one
-    deployment.env.update(FLYWHEEL_TRAINER_ROLLBACK_MIN_VOTES="4")
+    deployment.env.update(
+        FLYWHEEL_TRAINER_ROLLBACK_MIN_VOTES="4",
+        FLYWHEEL_TRAINER_PPO_EPOCHS="2",
+        FLYWHEEL_TRAINER_PPO_SCORE_CUT_ANSWERS="true",
+        FLYWHEEL_TRAINER_GATE_SAMPLES_PER_PROMPT="2",
+    )
     deployment.start()
     run = deployment.wait_for_run(first_run(deployment))
 
@@ -134,6 +139,11 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     assert list(stages)[-1] == "promote"
     assert "objective/kl" in stages["ppo"]["outputs"]
     assert stages["rm_gate"]["outputs"]["promoted"] == "v0"
+    assert stages["policy_gate"]["outputs"]["samples_per_prompt"] == 2
+    # The policy's manifest says how it was trained (the demo's ablation re-runs it).
+    made = model_store.get("policy", "v1").manifest.config
+    assert made["ppo"]["ppo_epochs"] == 2 and made["ppo"]["truncated_answer_score"] is None
+    assert made["iterations"] >= 1 and Path(made["dataset"]).is_file()
 
     # The same, as an operator types it.
     shown = flywheel(deployment.env, "train", "status")
