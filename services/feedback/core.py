@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import redis
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from services.feedback.errors import RefusalKind, Refused
 from services.feedback.relay import OutboxRelay
 from services.feedback.settings import FeedbackSettings
 from services.feedback.store import database, export, feedback, interactions, outbox
-from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand, Owned
+from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand, Kind, Owned
 from services.feedback.store.interactions import NewInteraction, ServedCache
 from services.feedback.store.rawsql import RawSql
 from services.feedback.writer import StoreWriter
@@ -41,6 +41,7 @@ class FeedbackCore:
                 "run `python -m services.feedback migrate`"
             )
         self.ttl = timedelta(seconds=settings.feedback_ttl_s)
+        metrics.create_event_series(get_args(Kind))
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self.revoked = RevokedKeys(self.redis, settings.revocation_refresh_s)
         self._cache = ServedCache()
@@ -89,7 +90,11 @@ class FeedbackCore:
             metrics.EVENTS.labels(command.kind, "refused").inc()
             metrics.REFUSALS.labels(command.kind, refused.code).inc()
             raise
-        metrics.EVENTS.labels(command.kind, "replayed" if accepted.replayed else "accepted").inc()
+        if accepted.replayed:
+            metrics.EVENTS.labels(command.kind, "replayed").inc()
+        else:
+            metrics.EVENTS.labels(command.kind, "accepted").inc()
+            metrics.ACCEPTED_BY_VERSION.labels(command.kind, accepted.model_version).inc()
         return accepted
 
     def record_interaction(self, new: NewInteraction) -> bool:

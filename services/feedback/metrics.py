@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +22,12 @@ EVENTS = Counter(
     "flywheel_feedback_events",
     "Feedback requests by kind and outcome (accepted, replayed, refused).",
     ["kind", "outcome"],
+)
+ACCEPTED_BY_VERSION = Counter(
+    "flywheel_feedback_accepted_by_version",
+    "Accepted feedback events (replays excluded) by kind and the policy version of the first "
+    "answer judged.",
+    ["kind", "model_version"],
 )
 REFUSALS = Counter(
     "flywheel_feedback_refusals",
@@ -52,6 +58,17 @@ OUTBOX_ERRORS = Counter(
     "flywheel_feedback_outbox_errors",
     "Failed attempts to deliver outbox events to Redis (Redis down or refusing).",
 )
+
+
+EVENT_OUTCOMES = ("accepted", "replayed", "refused")
+
+
+def create_event_series(kinds: Iterable[str]) -> None:
+    """Every (kind, outcome) series of EVENTS at 0, so increase() sees the first event of each
+    (it needs a sample before the first change)."""
+    for kind in kinds:
+        for outcome in EVENT_OUTCOMES:
+            EVENTS.labels(kind, outcome)
 
 
 class StoreCollector(Collector):

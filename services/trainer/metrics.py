@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.registry import ROLES
+
+RUN_OUTCOMES = ("succeeded", "rejected", "failed", "cancelled")
+# The keys of services.rlhf.ppo.STANDARD_METRIC_NAMES, which the PPO stage reports: named here
+# because importing that module would load torch into workers that never train
+# (tests/trainer/test_pipeline.py keeps the two lists equal).
+PPO_METRIC_NAMES = (
+    "objective/kl",
+    "objective/entropy",
+    "objective/scores",
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/ratio",
+)
 
 RUNS = Counter(
     "flywheel_trainer_runs_total",
@@ -23,6 +42,36 @@ WIN_RATE = Gauge(
     "Win rate of the newest policy candidate against the promoted policy (new RM as judge).",
 )
 KL = Gauge("flywheel_trainer_policy_kl", "KL of the newest policy candidate to the reference.")
+PPO = Gauge(
+    "flywheel_trainer_ppo_metric",
+    "The newest PPO stage's last iteration, by TRL/OpenRLHF metric name (objective/kl, ...).",
+    ["name"],
+)
 PROMOTIONS = Counter("flywheel_trainer_promotions_total", "Versions promoted, by role.", ["role"])
 ROLLBACKS = Counter("flywheel_trainer_rollbacks_total", "Automatic rollbacks, by role.", ["role"])
 ACTIVE_RUN = Gauge("flywheel_trainer_run_active", "1 while this worker drives a run.")
+
+
+def _create_series_at_start() -> None:
+    # Until a run measures them the quality gauges read NaN (Grafana: no value), not a 0 that
+    # looks like a measured 0% accuracy or win rate.
+    for gauge in (RM_ACCURACY, WIN_RATE, KL):
+        gauge.set(float("nan"))
+    for name in PPO_METRIC_NAMES:
+        PPO.labels(name).set(float("nan"))
+    # Counter series exist at 0 from start-up: increase() and rate() see nothing before a
+    # series' first sample, so without this the first promotion or rollback would never show.
+    for role in ROLES:
+        PROMOTIONS.labels(role)
+        ROLLBACKS.labels(role)
+
+
+def create_run_series(stages: Iterable[str]) -> None:
+    """Every (stage, outcome) series of RUNS at 0, so the first run that ends counts too
+    (called by the pipeline, which owns the stage names)."""
+    for stage in stages:
+        for outcome in RUN_OUTCOMES:
+            RUNS.labels(stage, outcome)
+
+
+_create_series_at_start()

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("snapshot", "reward_model", "rm_gate", "ppo", "policy_gate", "promote")
 HEAVY = frozenset({"reward_model", "rm_gate", "ppo", "policy_gate"})
+metrics.create_run_series(STAGES)
 
 
 class StageCrashed(Exception):
@@ -201,3 +202,8 @@ def _observe(stage: str, result: StageResult) -> None:
     if stage == "policy_gate":
         metrics.WIN_RATE.set(result.outputs.get("win_rate", float("nan")))
         metrics.KL.set(result.outputs.get("kl", float("nan")))
+    if stage == "ppo":
+        # The stage reports its last iteration under the standard names (and a "history" of
+        # every iteration, which a gauge cannot show).
+        for name in metrics.PPO_METRIC_NAMES:
+            metrics.PPO.labels(name).set(result.outputs.get(name, float("nan")))

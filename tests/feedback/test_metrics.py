@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.feedback import metrics
 from services.feedback.metrics import StoreCollector
 from tests.feedback.feedback_helpers import serve_group
+from tests.harness import FeedbackService
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -72,3 +76,41 @@ def test_store_gauges_come_from_the_database(feedback):
     assert sample(text, "flywheel_feedback_comparisons_pending") == 2  # v1: two ups x one down
     assert sample(text, "flywheel_feedback_interactions") == 4
     assert sample(text, "flywheel_feedback_outbox_backlog") is not None
+
+
+def test_accepted_events_are_counted_by_the_policy_version_they_judge(feedback):
+    # A version label of its own: these counters live as long as the test process.
+    version = f"v-{uuid.uuid4().hex[:12]}"
+    group = serve_group(feedback.stub, n=2, model_version=version)
+    a, b = group.response_ids
+    thumb = {"kind": "thumb", "response_id": a, "value": 1, "client_event_id": "tap-1"}
+    votes = [
+        (thumb, 201),
+        (thumb, 200),  # the client's retry: a replay, not a second event
+        ({"kind": "ranking", "ranking": [[b], [a]]}, 201),
+        ({"kind": "pairwise", "response_a": a, "response_b": b, "outcome": "a"}, 201),
+    ]
+    for body, status in votes:
+        reply = feedback.http.post("/v1/feedback", json=body, headers=group.auth)
+        assert reply.status_code == status, reply.text
+
+    text = feedback.http.get("/metrics").text
+    for kind in ("thumb", "ranking", "pairwise"):
+        counted = sample(
+            text, "flywheel_feedback_accepted_by_version_total", kind=kind, model_version=version
+        )
+        assert counted == 1, kind
+
+
+def test_every_kind_and_outcome_is_exported_from_start_up(service_settings):
+    """At 0 before the first event, so that increase() counts that event too."""
+    metrics.EVENTS.clear()  # forget earlier tests' series: only the start-up may create them
+    service = FeedbackService(service_settings).start()
+    try:
+        text = service.http.get("/metrics").text
+    finally:
+        service.close()
+    for kind in ("thumb", "ranking", "pairwise"):
+        for outcome in ("accepted", "replayed", "refused"):
+            events = sample(text, "flywheel_feedback_events_total", kind=kind, outcome=outcome)
+            assert events == 0, (kind, outcome)

@@ -1,14 +1,26 @@
 """A run driven in the test process (no Celery): real feedback service, real subprocess
-stages on the tiny model, real registry and Redis."""
+stages on the tiny model, real registry and Redis; and what the driver shows Prometheus."""
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.rlhf.ppo import STANDARD_METRIC_NAMES
+from services.trainer import metrics, pipeline
 from services.trainer.control import Trainer
 from services.trainer.settings import TrainerSettings
+from services.trainer.stages.context import StageResult
 from tests.harness import wait_for
 from tests.trainer.trainer_helpers import record_great_rankings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, model_store):
@@ -38,8 +50,66 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     )
     assert policy.version == "v1" and policy.manifest.parent == "v0"
     assert run.stages["reward_model"].outputs["heldout_accuracy"] >= 0.55
+    # Prometheus shows the PPO stage's last iteration.
+    assert ppo_gauge("objective/kl") == run.stages["ppo"].outputs["objective/kl"]
     # The same comparisons do not start a second run.
     assert trainer.check(queued.append)["started"] is False
+
+
+def ppo_gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value("flywheel_trainer_ppo_metric", {"name": name})
+
+
+def test_a_ppo_result_sets_a_gauge_per_standard_metric_name():
+    # The trainer lists the names itself (services.rlhf.ppo loads torch): the lists must agree.
+    assert tuple(STANDARD_METRIC_NAMES) == metrics.PPO_METRIC_NAMES
+    last = {name: float(i) for i, name in enumerate(STANDARD_METRIC_NAMES, start=1)}
+    history = [dict.fromkeys(last, 0.0), last]
+    pipeline._observe("ppo", StageResult("done", {"version": "v9", **last, "history": history}))
+
+    assert {name: ppo_gauge(name) for name in STANDARD_METRIC_NAMES} == last
+    assert ppo_gauge("history") is None and ppo_gauge("version") is None
+
+
+def test_a_fresh_trainer_exports_zero_counts_and_no_quality_numbers():
+    """Before any run: every run, promotion and rollback series at 0 (so increase() sees the
+    first one), and the quality gauges NaN (Grafana shows no value, not a measured 0%)."""
+    script = (
+        "import services.trainer.pipeline\n"
+        "from prometheus_client import generate_latest\n"
+        "print(generate_latest().decode())"
+    )
+    text = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(metric: str, **labels: str) -> float | None:
+        return samples.get((metric, frozenset(labels.items())))
+
+    for stage in pipeline.STAGES:
+        for outcome in ("succeeded", "rejected", "failed", "cancelled"):
+            assert value("flywheel_trainer_runs_total", stage=stage, outcome=outcome) == 0
+    for role in ("policy", "reward"):
+        assert value("flywheel_trainer_promotions_total", role=role) == 0
+        assert value("flywheel_trainer_rollbacks_total", role=role) == 0
+    for gauge in (
+        "flywheel_trainer_rm_heldout_accuracy",
+        "flywheel_trainer_policy_win_rate",
+        "flywheel_trainer_policy_kl",
+    ):
+        assert math.isnan(value(gauge)), gauge
+    for name in STANDARD_METRIC_NAMES:
+        assert math.isnan(value("flywheel_trainer_ppo_metric", name=name)), name
 
 
 def start_run(feedback, settings, monkeypatch, **overrides) -> tuple[Trainer, str]:

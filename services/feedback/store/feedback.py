@@ -69,10 +69,16 @@ class FeedbackCommand:
 
 @dataclass(frozen=True)
 class Accepted:
-    """The stored event as the client sees it; ``replayed`` when a retry matched an old one."""
+    """The stored event as the client sees it; ``replayed`` when a retry matched an old one.
+
+    ``model_version``: the policy version of the first answer judged (the thumbed one, the
+    first of a ranking's best tier, a pairwise vote's answer A), for the per-version metrics;
+    None for a replay, which is not counted again.
+    """
 
     event: dict[str, Any]
     replayed: bool
+    model_version: str | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -405,7 +411,9 @@ def apply(
             "created_at": sql.time(now),
         },
     )
-    return Accepted(event_view(row, revision), replayed=False)
+    return Accepted(
+        event_view(row, revision), replayed=False, model_version=answers[0].model_version
+    )
 
 
 # ---- views ----------------------------------------------------------------------------------

@@ -61,6 +61,18 @@ BATCH_INFERENCE_DURATION = Histogram(
     ["method"],
     buckets=DURATION_BUCKETS,
 )
+# TGI has no per-token histograms (only each request's mean time per token), so these two
+# carry flywheel's own names; they are what a streaming client feels.
+TIME_TO_FIRST_TOKEN = Histogram(
+    "flywheel_engine_time_to_first_token_seconds",
+    "From a request being queued to its first token being chosen (queue wait plus prefill).",
+    buckets=DURATION_BUCKETS,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "flywheel_engine_inter_token_latency_seconds",
+    "Time between a request's consecutive tokens (one per decode step it takes part in).",
+    buckets=DURATION_BUCKETS,
+)
 CANCELLED = Gauge(
     "flywheel_engine_requests_cancelled", "Requests dropped because the client left (a counter)."
 )

@@ -142,6 +142,7 @@ class _Row:
     position: int  # position id of the next token fed in
     last_token: int = 0
     generated: int = 0
+    last_token_at: float = 0.0  # perf_counter() when its previous token was chosen
 
 
 @dataclass(eq=False)
@@ -397,6 +398,7 @@ class Scheduler:
         token, logprob = row.chooser.choose(logits)
         row.generated += 1
         row.last_token = token
+        _observe_token_latency(row)
         special = row.decoder.is_special(token)
         text = row.decoder.token_text(token) if special else row.decoder.add(token)
         reason = self._finish_reason(policy, row, token)
@@ -451,6 +453,18 @@ class Scheduler:
         for batch in list(self._batches.values()):
             self._fail_rows(batch.rows, message)
         self._batches.clear()
+
+
+def _observe_token_latency(row: _Row) -> None:
+    """Time to first token for the token chosen after prefill, counted from when the request
+    was queued (the client waits through the queue too); time since the previous token for
+    each token after it."""
+    now = time.perf_counter()
+    if row.generated == 1:
+        metrics.TIME_TO_FIRST_TOKEN.observe(now - row.request.queued_at)
+    else:
+        metrics.INTER_TOKEN_LATENCY.observe(now - row.last_token_at)
+    row.last_token_at = now
 
 
 def _keep_rows(batch: _Batch, keep: list[int]) -> None:

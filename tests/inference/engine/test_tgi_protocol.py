@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
+from prometheus_client import REGISTRY
 
 from services.common.model_loading import load_version
 
@@ -136,3 +138,29 @@ def test_metrics_use_tgi_names(engine):
         "tgi_batch_inference_duration_bucket",
     ):
         assert f"\n{name}" in text, name
+
+
+def histogram(name: str) -> tuple[float, float]:
+    """(observations, their sum) of an engine histogram in this process."""
+    count = REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+
+
+def test_time_to_first_token_and_inter_token_latency_are_observed(engine):
+    ttft = "flywheel_engine_time_to_first_token_seconds"
+    itl = "flywheel_engine_inter_token_latency_seconds"
+    ttft_before, itl_before = histogram(ttft), histogram(itl)
+    started = time.perf_counter()
+    reply = engine.http.post(
+        "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 5, "details": True}}
+    )
+    elapsed = time.perf_counter() - started
+    tokens = reply.json()["details"]["generated_tokens"]
+
+    # One first token; then one gap per further token, each a decode step.
+    ttft_count, ttft_sum = histogram(ttft)
+    itl_count, itl_sum = histogram(itl)
+    assert ttft_count - ttft_before[0] == 1
+    assert itl_count - itl_before[0] == tokens - 1
+    assert 0 < ttft_sum - ttft_before[1] < elapsed
+    assert (ttft_sum - ttft_before[1]) + (itl_sum - itl_before[1]) < elapsed
