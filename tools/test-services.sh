@@ -166,8 +166,22 @@ postgres_down() {
     fi
 }
 
+promtool_up() {
+    # promtool checks and unit-tests the chart's alert rules. It comes with Debian's
+    # prometheus package: without recommends (node-exporter), and with service starts
+    # refused during the install (policy-rc.d), since only the binary is wanted.
+    command -v promtool >/dev/null && return
+    local policy=/usr/sbin/policy-rc.d own_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+    fi
+    apt_install --no-install-recommends prometheus
+    [ -n "$own_policy" ] && rm -f "$policy"
+    echo "promtool: installed"
+}
+
 case "${1:-}" in
-    up) redis_up; postgres_up ;;
+    up) redis_up; postgres_up; promtool_up ;;
     down) postgres_down; redis_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
