@@ -32,6 +32,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.cli.stack_services import SERVICE_NAMES
 from tests.harness import (
     STACK_PORT_VARIABLES,
     add_tiny_reward_model,
@@ -331,15 +332,7 @@ def defined_label_names() -> dict[str, set[str]]:
     return labels
 
 
-SERVICES = [
-    "feedback",
-    "reward",
-    "engine",
-    "gateway",
-    "trainer-control",
-    "trainer-train",
-    "trainer-beat",
-]
+SERVICES = list(SERVICE_NAMES)  # every process `flywheel up` starts
 METRICS_PORT = {  # where each service serves /metrics: its HTTP port, or a port of its own
     "feedback": "FLYWHEEL_FEEDBACK_HTTP_PORT",
     "reward": "FLYWHEEL_REWARD_METRICS_PORT",
