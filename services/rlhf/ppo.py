@@ -87,24 +87,6 @@ class Rollout:
     beta: float  # the KL coefficient of this iteration
 
 
-# The per-iteration statistics under the names TRL and OpenRLHF users know from their logs.
-STANDARD_METRIC_NAMES = {
-    "objective/kl": "kl",
-    "objective/entropy": "entropy",
-    "objective/scores": "score",
-    "policy/approxkl_avg": "approx_kl",
-    "policy/clipfrac_avg": "policy_clip_fraction",
-    "loss/policy_avg": "policy_loss",
-    "loss/value_avg": "value_loss",
-    "val/ratio": "ratio",
-}
-
-
-def standard_metrics(stats: dict[str, float]) -> dict[str, float]:
-    """One iteration's statistics (:meth:`PPOTrainer.step`) under the standard names."""
-    return {name: stats[key] for name, key in STANDARD_METRIC_NAMES.items()}
-
-
 def _default_sampling() -> SamplingConfig:
     return SamplingConfig(max_new_tokens=64, do_sample=True, temperature=1.0)
 
@@ -358,8 +340,8 @@ class PPOTrainer:
         ``policy_clip_fraction``, ``value_clip_fraction``, ``approx_kl`` (old vs new policy),
         ``ratio`` (mean probability ratio), ``entropy`` (per token, estimated from the samples),
         ``ptx_loss`` (0 without ptx), ``answer_length``, ``finished_fraction`` (answers that
-        ended their turn), ``episodes_per_s``, ``seconds``. :func:`standard_metrics` renames
-        them as TRL and OpenRLHF log them.
+        ended their turn), ``episodes_per_s``, ``seconds``. ``metric_names.standard_metrics``
+        renames them as TRL and OpenRLHF log them.
         """
         cfg = self.config
         start_time = time.perf_counter()

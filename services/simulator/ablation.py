@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ class ArmResult:
     version: str  # registry version, or "(ablation)" for the policy trained here
     preference: Preference | None  # judged against v0; None for v0 itself
     perplexity: float
-    train_seconds: float = 0.0
 
 
 def alignment_tax(
@@ -65,7 +63,6 @@ def alignment_tax(
     reference = registry.versions("policy")[0]
     reward = registry.get("reward", ptx_info.manifest.config["reward_model"])
 
-    started = time.monotonic()
     plain = _train_plain_ppo(
         start.path,
         reference.path,
@@ -75,19 +72,18 @@ def alignment_tax(
         training_prompts(Path(ptx_info.manifest.config["dataset"])),
         out_dir / "ppo",
     )
-    train_seconds = time.monotonic() - started
 
     tokenizer = load_tokenizer(reference.path)
     sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=0.7)
     models = {
-        "v0": (reference.version, load_causal_lm(reference.path, device="cpu")[0]),
+        "v0": (reference.version, _fp32(reference.path)),
         "PPO": ("(ablation)", plain),
-        "PPO-ptx": (ptx_version, load_causal_lm(ptx_info.path, device="cpu")[0]),
+        "PPO-ptx": (ptx_version, _fp32(ptx_info.path)),
     }
+    conversations = [[{"role": "user", "content": p}] for p in eval_prompts]
     answers = {}
     for name, (_version, model) in models.items():
         torch.manual_seed(seed)  # the same sampling noise for every arm
-        conversations = [[{"role": "user", "content": p}] for p in eval_prompts]
         answers[name] = generate(model, tokenizer, conversations, sampling).texts
     results = []
     for name, (version, model) in models.items():
@@ -102,7 +98,6 @@ def alignment_tax(
                 version,
                 preference,
                 perplexity(model, tokenizer, list(general_texts)),
-                train_seconds if name == "PPO" else 0.0,
             )
         )
     return results
@@ -118,19 +113,23 @@ def _train_plain_ppo(
     out_dir: Path,
 ):
     plain = dataclasses.replace(config, ptx_coef=0.0)
-    policy, tokenizer = load_causal_lm(start, device="cpu")
     trainer = PPOTrainer(
-        policy.float(),
-        load_causal_lm(reference, device="cpu")[0].float(),
+        _fp32(start),
+        _fp32(reference),
         None,  # the value model starts from the RM, as in the trainer
         ScalarHeadModel.from_pretrained(reward, device="cpu"),
-        tokenizer,
+        load_tokenizer(start),
         plain,
         checkpoint_dir=out_dir / "checkpoints",
     )
     log.info("ablation: PPO without ptx, %d iterations on %d prompts", iterations, len(prompts))
     trainer.train(prompts, iterations)
     return trainer.policy
+
+
+def _fp32(path: Path):
+    # Every arm in fp32 on the CPU, as the trainer trains and gates them.
+    return load_causal_lm(path, device="cpu", dtype=torch.float32)[0]
 
 
 def training_prompts(dataset: Path) -> list[list[dict[str, str]]]:

@@ -7,21 +7,9 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.registry import ROLES
+from services.rlhf.metric_names import STANDARD_METRIC_NAMES
 
 RUN_OUTCOMES = ("succeeded", "rejected", "failed", "cancelled")
-# The keys of services.rlhf.ppo.STANDARD_METRIC_NAMES, which the PPO stage reports: named here
-# because importing that module would load torch into workers that never train
-# (tests/trainer/test_pipeline.py keeps the two lists equal).
-PPO_METRIC_NAMES = (
-    "objective/kl",
-    "objective/entropy",
-    "objective/scores",
-    "policy/approxkl_avg",
-    "policy/clipfrac_avg",
-    "loss/policy_avg",
-    "loss/value_avg",
-    "val/ratio",
-)
 
 RUNS = Counter(
     "flywheel_trainer_runs_total",
@@ -57,7 +45,7 @@ def _create_series_at_start() -> None:
     # looks like a measured 0% accuracy or win rate.
     for gauge in (RM_ACCURACY, WIN_RATE, KL):
         gauge.set(float("nan"))
-    for name in PPO_METRIC_NAMES:
+    for name in STANDARD_METRIC_NAMES:
         PPO.labels(name).set(float("nan"))
     # Counter series exist at 0 from start-up: increase() and rate() see nothing before a
     # series' first sample, so without this the first promotion or rollback would never show.

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import redis
 
 from services.common.service_auth import service_channel
+from services.rlhf.metric_names import STANDARD_METRIC_NAMES
 from services.trainer import metrics, snapshot
 from services.trainer.executors.base import Executor, StageJob
 from services.trainer.lease import Lease
@@ -205,5 +206,5 @@ def _observe(stage: str, result: StageResult) -> None:
     if stage == "ppo":
         # The stage reports its last iteration under the standard names (and a "history" of
         # every iteration, which a gauge cannot show).
-        for name in metrics.PPO_METRIC_NAMES:
+        for name in STANDARD_METRIC_NAMES:
             metrics.PPO.labels(name).set(result.outputs.get(name, float("nan")))

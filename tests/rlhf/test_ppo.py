@@ -15,7 +15,8 @@ from services.rlhf.config import from_dict, to_dict
 from services.rlhf.evaluation import perplexity
 from services.rlhf.generation import SamplingConfig
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.ppo import PPOConfig, PPOTrainer, standard_metrics
+from services.rlhf.metric_names import standard_metrics
+from services.rlhf.ppo import PPOConfig, PPOTrainer
 from services.rlhf.sequences import build_response_batch
 
 PROMPTS = [[{"role": "user", "content": f"Tell me something about topic {i}."}] for i in range(16)]

@@ -23,7 +23,8 @@ from services.rlhf.config import to_dict
 from services.rlhf.evaluation import kl_to_reference, perplexity, win_rate_with_interval
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
-from services.rlhf.ppo import PPOConfig, PPOTrainer, standard_metrics
+from services.rlhf.metric_names import standard_metrics
+from services.rlhf.ppo import PPOConfig, PPOTrainer
 from services.rlhf.reward_reading import read_rewards
 from services.trainer import snapshot
 from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate
