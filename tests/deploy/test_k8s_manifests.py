@@ -122,9 +122,16 @@ def executor_settings_from_the_chart(release, monkeypatch) -> KubernetesExecutor
     "values",
     [
         "values-gpu.yaml",
-        {"trainer": {"executor": "kubernetes", "kubernetes": {"gpuCount": 0}}},
+        {
+            "global": {"imagePullSecrets": ["registry-a"]},
+            "trainer": {
+                "executor": "kubernetes",
+                "kubernetes": {"gpuCount": 0},
+                "image": {"pullSecrets": [{"name": "registry-b"}]},
+            },
+        },
     ],
-    ids=["gpu", "cpu"],
+    ids=["gpu", "cpu-private-registry"],
 )
 def test_the_executors_jobs_are_valid_and_match_the_release(values, monkeypatch):
     release = render_named(values) if isinstance(values, str) else render(values)
@@ -148,6 +155,8 @@ def test_the_executors_jobs_are_valid_and_match_the_release(values, monkeypatch)
     pod = manifest["spec"]["template"]["spec"]
     [stage] = pod["containers"]
     assert stage["image"] == worker["image"]
+    # ...pulled with the worker's credentials (a private registry serves both or neither).
+    assert pod.get("imagePullSecrets") == pod_spec(train).get("imagePullSecrets")
     [claim] = [v for v in pod_spec(train)["volumes"] if v["name"] == "model-store"]
     assert pod["volumes"][0]["persistentVolumeClaim"] == claim["persistentVolumeClaim"]
     assert release.find("PersistentVolumeClaim", claim["persistentVolumeClaim"]["claimName"])

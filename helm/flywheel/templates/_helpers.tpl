@@ -92,19 +92,31 @@ appVersion. Call with (list $ .Values.x.image).
 {{- end -}}
 {{- end -}}
 
+{{/* Names of the pull secrets of a pod, as a JSON list: the global ones and those of its images.
+Call with (list $ image...). */}}
+{{- define "flywheel.pullSecretNames" -}}
+{{- $root := index . 0 -}}
+{{- $lists := list $root.Values.global.imagePullSecrets -}}
+{{- range $image := rest . -}}
+{{- $lists = append $lists $image.pullSecrets -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $secrets := $lists -}}
+{{- range $secrets -}}
+{{- /* A name, or {name: ...} as in a pod spec. */ -}}
+{{- if kindIs "string" . -}}
+{{- $names = append $names . -}}
+{{- else -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end -}}
+
 {{/* imagePullSecrets of a pod: the global ones and those of its images. Call with (list $ image...). */}}
 {{- define "flywheel.pullSecrets" -}}
-{{- $root := index . 0 -}}
-{{- $names := list -}}
-{{- range $root.Values.global.imagePullSecrets -}}
-{{- $names = append $names (ternary . (get . "name") (kindIs "string" .)) -}}
-{{- end -}}
-{{- range $image := rest . -}}
-{{- range $image.pullSecrets -}}
-{{- $names = append $names (ternary . (get . "name") (kindIs "string" .)) -}}
-{{- end -}}
-{{- end -}}
-{{- with ($names | uniq) }}
+{{- with (include "flywheel.pullSecretNames" . | fromJsonArray) }}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
@@ -329,6 +341,7 @@ FLYWHEEL_TRAINER_FEEDBACK_GRPC_TARGET: {{ printf "%s:%v" (include "flywheel.comp
 FLYWHEEL_TRAINER_K8S_NAMESPACE: {{ .Release.Namespace | quote }}
 FLYWHEEL_TRAINER_K8S_IMAGE: {{ include "flywheel.image" (list . $t.image) | quote }}
 FLYWHEEL_TRAINER_K8S_IMAGE_PULL_POLICY: {{ $t.image.pullPolicy | quote }}
+FLYWHEEL_TRAINER_K8S_IMAGE_PULL_SECRETS: {{ include "flywheel.pullSecretNames" (list . $t.image) | quote }}
 FLYWHEEL_TRAINER_K8S_SERVICE_ACCOUNT: {{ include "flywheel.serviceAccountName" . | quote }}
 FLYWHEEL_TRAINER_K8S_GPU_COUNT: {{ $t.kubernetes.gpuCount | quote }}
 FLYWHEEL_TRAINER_K8S_GPU_RESOURCE: {{ $t.kubernetes.gpuResource | quote }}

@@ -46,6 +46,7 @@ from kubernetes.client import (
     V1Job,
     V1JobCondition,
     V1JobSpec,
+    V1LocalObjectReference,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1Pod,
@@ -102,6 +103,11 @@ class KubernetesExecutorSettings(BaseSettings):
     )
     image_pull_policy: str = Field(
         "IfNotPresent", description="imagePullPolicy of the stage container."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="imagePullSecrets of the stage pods (Secret names), JSON in the environment: "
+        '["registry-credentials"]; the worker\'s own, so a private image pulls here too.',
     )
     service_account: str = Field(
         "", description="serviceAccountName of the stage pods; empty: the namespace's default."
@@ -258,6 +264,10 @@ def _pod_spec(job: StageJob, settings: KubernetesExecutorSettings) -> V1PodSpec:
         node_selector=dict(settings.node_selector) or None,
         tolerations=[V1Toleration.model_validate(t) for t in settings.tolerations] or None,
         service_account_name=settings.service_account or None,
+        image_pull_secrets=[
+            V1LocalObjectReference(name=name) for name in settings.image_pull_secrets
+        ]
+        or None,
         # Deleting the Job does not pass its grace period on to the pod: the pod's own grace
         # period is what the stage gets between SIGTERM and SIGKILL to save its checkpoint.
         termination_grace_period_seconds=math.ceil(settings.stop_grace_s),

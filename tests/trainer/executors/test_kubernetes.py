@@ -93,6 +93,7 @@ def test_manifest_with_gpu_node_selector_tolerations_and_secret_is_a_valid_job()
         tolerations=[GPU_TOLERATION, SPOT_TOLERATION],
         env_from_secret="flywheel-trainer-env",
         service_account="flywheel-trainer",
+        image_pull_secrets=["registry-credentials"],
     )
     manifest = job_manifest(stage_job(), config)
 
@@ -105,6 +106,7 @@ def test_manifest_with_gpu_node_selector_tolerations_and_secret_is_a_valid_job()
     assert pod["nodeSelector"] == {"cloud.example.com/gpu": "h100"}
     assert pod["tolerations"] == [GPU_TOLERATION, SPOT_TOLERATION]
     assert pod["serviceAccountName"] == "flywheel-trainer"
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert container["envFrom"] == [{"secretRef": {"name": "flywheel-trainer-env"}}]
     assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
 
@@ -118,6 +120,7 @@ def test_manifest_without_gpu_is_a_valid_job_with_no_gpu_limit():
     assert limits == {"memory": "32Gi"}
     pod = manifest["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "imagePullSecrets" not in pod
     assert "envFrom" not in container_of(manifest)
 
 
@@ -180,7 +183,9 @@ def test_settings_read_json_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLYWHEEL_TRAINER_K8S_GPU_COUNT", "0")
     monkeypatch.setenv("FLYWHEEL_TRAINER_K8S_NODE_SELECTOR", '{"pool": "gpu"}')
     monkeypatch.setenv("FLYWHEEL_TRAINER_K8S_TOLERATIONS", '[{"operator": "Exists"}]')
+    monkeypatch.setenv("FLYWHEEL_TRAINER_K8S_IMAGE_PULL_SECRETS", '["registry-credentials"]')
     loaded = KubernetesExecutorSettings()
+    assert loaded.image_pull_secrets == ["registry-credentials"]
     assert loaded.gpu_count == 0
     assert loaded.node_selector == {"pool": "gpu"}
     assert loaded.tolerations == [{"operator": "Exists"}]
