@@ -11,6 +11,8 @@ transactions and never block it. PostgreSQL is used by URL.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +58,23 @@ def _create_private_file(url: str | sa.URL) -> None:
     os.close(fd)
 
 
+def _use_wal(cursor, timeout_s: float = 30.0) -> None:
+    """Switch the file to WAL mode (stored in the file, so only its first opener changes it).
+    Processes that open a new file together race to switch it, and SQLite answers the losers
+    "database is locked" at once, without waiting for the busy timeout: retry until the
+    winner's switch is done."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Engine:
     """An engine for readers, or (``writer=True``) for the single writer connection."""
     if not is_sqlite(url):
@@ -80,7 +99,7 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
         # to the WAL and fsyncs it. Measured: 29 KiB of WAL per event at 4 KiB pages, 10 KiB at
         # 1 KiB, with fewer commit and checkpoint stalls (docs/benchmarks.md).
         cursor.execute("PRAGMA page_size=1024")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # 64 MiB of page cache per connection instead of SQLite's 2 MiB: the indexes a vote
@@ -113,6 +132,11 @@ def run_migrations_on_handed_connection(metadata: sa.MetaData) -> None:
         context.run_migrations()
 
 
+# The PostgreSQL advisory lock every Flywheel migration holds (any fixed 64-bit number; the
+# locks are per server, so migrations of the feedback and trainer databases take turns too).
+MIGRATION_LOCK_KEY = 0x466C79776865656C  # "Flywheel"
+
+
 class Migrations:
     """One database's Alembic scripts (``directory`` holds env.py and versions/); env.py runs
     on the connection handed over in ``config.attributes["connection"]``."""
@@ -142,10 +166,20 @@ class Migrations:
         return config
 
     def _run(self, url: str, step: Callable[[Config, str], None], revision: str) -> None:
-        """Run an Alembic command in one transaction on a writer connection of its own."""
+        """Run an Alembic command in one transaction on a writer connection of its own.
+
+        Processes that start together (a Deployment's replicas, the trainer's three processes)
+        all migrate: on PostgreSQL their DDL would block on each other and deadlock, so the
+        transaction first takes an advisory lock, held until it commits; the next one then
+        finds the schema current and does nothing. SQLite's ``BEGIN IMMEDIATE`` already admits
+        one writer at a time."""
         engine = make_engine(url, writer=True)
         try:
             with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
                 step(self._config(connection), revision)
         finally:
             engine.dispose()
