@@ -84,7 +84,7 @@ def reward_target(policy_store, tiny_model_dir, gateway_redis_url) -> Iterator[s
 
 
 def gateway_settings(tmp_path, redis_url, engine_port, feedback, reward, **overrides):
-    return GatewaySettings(
+    values = dict(
         FLYWHEEL_DATA_DIR=tmp_path / "gateway",
         FLYWHEEL_REDIS_URL=redis_url,
         http_port=0,
@@ -94,8 +94,8 @@ def gateway_settings(tmp_path, redis_url, engine_port, feedback, reward, **overr
         recorder_retry_initial_s=0.1,
         recorder_retry_max_s=0.5,
         drain_timeout_s=2,
-        **overrides,
     )
+    return GatewaySettings(**{**values, **overrides})
 
 
 @pytest.fixture

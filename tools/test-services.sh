@@ -166,6 +166,15 @@ postgres_down() {
     fi
 }
 
+chromium_up() {
+    # Headless Chromium for the chat page's browser tests (Playwright drives the system
+    # browser; nothing is downloaded from Playwright's CDN). Fonts: a page without any renders
+    # boxes in its screenshots.
+    command -v chromium >/dev/null && return
+    apt_install --no-install-recommends chromium fonts-dejavu-core
+    echo "chromium: installed"
+}
+
 promtool_up() {
     # promtool checks and unit-tests the chart's alert rules. It comes with Debian's
     # prometheus package: without recommends (node-exporter), and with service starts
@@ -181,7 +190,7 @@ promtool_up() {
 }
 
 case "${1:-}" in
-    up) redis_up; postgres_up; promtool_up ;;
+    up) redis_up; postgres_up; promtool_up; chromium_up ;;
     down) postgres_down; redis_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac

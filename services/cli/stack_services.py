@@ -151,8 +151,13 @@ class ServiceSpec:
         return f"FLYWHEEL_{prefix}_{setting.upper()}"
 
 
-def _feedback(settings: FeedbackSettings) -> ServiceSpec:
+def _feedback(settings: FeedbackSettings, gateway: GatewaySettings) -> ServiceSpec:
     base = f"http://{local_host(settings.http_host)}:{settings.http_port}"
+    # The chat page the gateway serves sends votes here from the browser: admit its origin.
+    page_origins = [
+        f"http://{host}:{gateway.http_port}"
+        for host in dict.fromkeys((local_host(gateway.http_host), "127.0.0.1", "localhost"))
+    ]
     return ServiceSpec(
         name="feedback",
         module="services.feedback",
@@ -160,6 +165,7 @@ def _feedback(settings: FeedbackSettings) -> ServiceSpec:
         address=f"{base} (gRPC {settings.grpc_port})",
         drain_timeout_s=settings.drain_timeout_s,
         readiness=lambda: http_ready(f"{base}/readyz"),
+        env={"FLYWHEEL_FEEDBACK_CORS_ORIGINS": json.dumps(page_origins)},
     )
 
 
@@ -233,6 +239,9 @@ def _gateway(
             ),
             "FLYWHEEL_GATEWAY_FEEDBACK_GRPC_TARGET": f"127.0.0.1:{feedback.grpc_port}",
             "FLYWHEEL_GATEWAY_REWARD_GRPC_TARGET": f"127.0.0.1:{reward.grpc_port}",
+            "FLYWHEEL_GATEWAY_FEEDBACK_PUBLIC_URL": (
+                f"http://{local_host(feedback.http_host)}:{feedback.http_port}"
+            ),
         },
     )
 
@@ -287,7 +296,7 @@ def build_services(data_dir: Path) -> dict[str, ServiceSpec]:
     gateway = GatewaySettings(data_dir=data_dir)
     trainer = TrainerSettings(data_dir=data_dir)
     specs = [
-        _feedback(feedback),
+        _feedback(feedback, gateway),
         _reward(reward),
         _engine(engine),
         _gateway(gateway, engine, feedback, reward),

@@ -37,6 +37,25 @@ def test_thumb_with_api_key_is_recorded(feedback):
     assert feedback.http.get(f"/v1/feedback/{event['id']}", headers=group.auth).json() == event
 
 
+def test_thumb_reasons_are_recorded_and_unknown_or_repeated_ones_refused(feedback):
+    group = serve_group(feedback.stub)
+    body = {"kind": "thumb", "response_id": group.response_ids[0], "value": "down"}
+
+    recorded = post(feedback, {**body, "reasons": ["not_factual", "too_long"]}, group.auth)
+    assert recorded.status_code == 201
+    assert recorded.json()["reasons"] == ["not_factual", "too_long"]
+    stored = feedback.http.get(f"/v1/feedback/{recorded.json()['id']}", headers=group.auth)
+    assert stored.json()["reasons"] == ["not_factual", "too_long"]
+
+    for reasons, problem in ((["boring"], "Input should be"), (["unsafe", "unsafe"], "once")):
+        refused = post(feedback, {**body, "reasons": reasons}, group.auth)
+        assert refused.status_code == 422
+        error = error_of(refused)
+        assert error["code"] == "invalid_request"
+        assert error["details"]["errors"][0]["field"].startswith("body.thumb.reasons"), error
+        assert problem in error["details"]["errors"][0]["problem"]
+
+
 def test_feedback_token_rates_without_the_api_key(feedback):
     group = serve_group(feedback.stub)
     body = {

@@ -8,6 +8,7 @@ watches what users and operators see: the registry, the run record, the engine's
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 from celery import Celery
 
 from services.inference.engine.server import EngineServer
+from services.inference.gateway.settings import GatewaySettings
+from services.inference.gateway.status import FlywheelStatus
 from services.trainer.store.runs import RunStore
 from tests.harness import wait_for
 from tests.inference.inference_helpers import engine_settings
@@ -107,6 +110,25 @@ def served_version(engine: EngineServer) -> str:
     return info["model_version"]
 
 
+def chat_page_status(env: dict[str, str], engine: EngineServer, feedback) -> dict:
+    """What the gateway's GET /v1/flywheel/status answers, asked of these processes."""
+    settings = GatewaySettings(
+        FLYWHEEL_REDIS_URL=env["FLYWHEEL_REDIS_URL"],
+        feedback_grpc_target=feedback.target,
+        status_timeout_s=30,
+    )
+
+    async def read() -> dict:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{engine.http.port}") as probe:
+            status = FlywheelStatus(settings, probe)
+            try:
+                return await status.current()
+            finally:
+                await status.close()
+
+    return asyncio.run(read())
+
+
 def first_run(deployment: Deployment) -> str:
     wait_for(lambda: deployment.store.recent(1), 60, "beat's check to start a run")
     return deployment.store.recent(1)[0].id
@@ -150,6 +172,14 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     assert shown.returncode == 0, shown.stderr
     assert run.id in shown.stdout and "succeeded" in shown.stdout
     assert "heldout_accuracy=" in shown.stdout and "win_rate=" in shown.stdout
+    # And as the chat page's status view shows it (the gateway asks the same control worker).
+    page = chat_page_status(deployment.env, engine, feedback)
+    assert page["serving"]["model_version"] == "v1", page
+    [shown_run] = [r for r in page["trainer"]["runs"] if r["id"] == run.id]
+    gates = {s["name"]: s for s in shown_run["stages"]}
+    assert shown_run["status"] == "succeeded" and gates["promote"]["version"] == "v1"
+    assert gates["policy_gate"]["win_rate"] == stages["policy_gate"]["outputs"]["win_rate"]
+    assert gates["rm_gate"]["heldout_accuracy"] == stages["rm_gate"]["outputs"]["heldout_accuracy"]
     nothing_new = flywheel(deployment.env, "train", "now")
     assert nothing_new.returncode == 1
     assert "no new comparisons since the last run" in nothing_new.stdout

@@ -49,6 +49,10 @@ def _command(
     body: FeedbackRequest, who: Credential, max_comment: int, max_k: int
 ) -> FeedbackCommand:
     payload = body.model_dump(exclude={"kind", "client_event_id", "feedback_token"})
+    if isinstance(body, ThumbFeedback) and body.reasons is None:
+        # Thumbs without reasons keep the payload they had before reasons existed, so the
+        # retry of an event stored then still matches it (the idempotency check hashes it).
+        del payload["reasons"]
     if isinstance(body, ThumbFeedback) and body.comment and len(body.comment) > max_comment:
         raise Refused(
             RefusalKind.INVALID,

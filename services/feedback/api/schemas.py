@@ -28,6 +28,19 @@ class _FeedbackBase(BaseModel):
     )
 
 
+# Why an answer got its thumb (the chat page's chips; a client may send any of them).
+ThumbReason = Literal[
+    "not_factual",  # not factually correct (the paper's "hallucination")
+    "ignored_instruction",  # did not do what was asked
+    "too_long",
+    "too_short",
+    "refused",  # refused when it should not have
+    "unsafe",  # harmful, or inappropriate for an assistant
+    "helpful",  # a reason for a thumb up
+    "other",
+]
+
+
 class ThumbFeedback(_FeedbackBase):
     """Thumbs up (+1) or down (-1) on one answer."""
 
@@ -37,6 +50,20 @@ class ThumbFeedback(_FeedbackBase):
         description='+1 (up) or -1 (down); "up" and "down" also do (stored as +1 / -1).'
     )
     comment: str | None = Field(None, description="Optional free text.")
+    reasons: list[ThumbReason] | None = Field(
+        None,
+        max_length=8,
+        description="Optional reasons for the thumb, each at most once: "
+        + ", ".join(f'"{r}"' for r in ThumbReason.__args__)
+        + ".",
+    )
+
+    @field_validator("reasons", mode="after")
+    @classmethod
+    def _reasons_once(cls, reasons: list[str] | None) -> list[str] | None:
+        if reasons is not None and len(set(reasons)) != len(reasons):
+            raise ValueError("each reason may be given once")
+        return reasons
 
     @field_validator("value", mode="before")
     @classmethod
@@ -120,6 +147,7 @@ class FeedbackEvent(BaseModel):
     response_id: str | None = None
     value: int | None = None
     comment: str | None = None
+    reasons: list[str] | None = None
     ranking: list[list[str]] | None = None
     response_a: str | None = None
     response_b: str | None = None

@@ -1,13 +1,14 @@
 """The public API: OpenAI's chat shape, API keys, rate limits, size limits, OpenAI's errors.
 
 Routes: ``POST /v1/chat/completions`` (services/inference/gateway/chat.py), ``GET
-/v1/models``, ``GET /healthz`` (alive), ``GET /readyz`` (the engine answers), ``GET
-/metrics``. Errors are ``{"error": {"message", "type", "param", "code"}}`` as OpenAI
-sends them, so its clients raise their usual exceptions: 400 invalid request, 401 bad
-key, 404/405 unknown route or method, 413 body too large (declared or chunked), 429 rate
-limited (with ``Retry-After``), 500 a bug (logged, never a stack trace), 502/503 engine
-trouble. A request is authenticated, then validated, then charged to the key's rate limit:
-one that can never succeed costs nothing.
+/v1/models``, ``GET /v1/flywheel/status`` (status.py), the chat page at ``/`` and ``/chat``
+(web/), ``GET /healthz`` (alive), ``GET /readyz`` (the engine answers), ``GET /metrics``.
+Errors are ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends them, so
+its clients raise their usual exceptions: 400 invalid request, 401 bad key, 404/405 unknown
+route or method, 413 body too large (declared or chunked), 429 rate limited (with
+``Retry-After``), 500 a bug (logged, never a stack trace), 502/503 engine trouble. A
+request is authenticated, then validated, then charged to the key's rate limit: one that can
+never succeed costs nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from services.inference.gateway.rate_limit import (
     retry_after_header,
 )
 from services.inference.gateway.settings import GatewaySettings
+from services.inference.gateway.status import FlywheelStatus
+from services.inference.gateway.web import add_chat_page
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +95,14 @@ def create_app(
     deps: chat.ChatDeps,
 ) -> FastAPI:
     probe = httpx.AsyncClient(base_url=settings.engine_url, timeout=2.0)
+    flywheel_status = FlywheelStatus(settings, probe)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         # The clients hold connections (HTTP, gRPC, Redis) bound to this event loop: closed
         # here, on the loop, when the server shuts down.
         yield
+        await flywheel_status.close()
         await probe.aclose()
         await deps.engine.close()
         await deps.reward.close()
@@ -203,6 +208,17 @@ def create_app(
             "object": "list",
             "data": [{"id": "policy", "object": "model", "created": 0, "owned_by": "flywheel"}],
         }
+
+    @app.get(
+        "/v1/flywheel/status",
+        responses=_documented(401, 429),
+        summary="The serving version, thumbs by version and recent trainer runs",
+    )
+    async def status(request: Request):
+        await charge(authenticate(request), cost=1)
+        return await flywheel_status.current()
+
+    add_chat_page(app, settings)
 
     @app.get("/healthz")
     async def healthz():

@@ -90,6 +90,28 @@ class GatewaySettings(ServiceSettings):
         120.0, gt=0, description="Longest a chat request may take end to end (engine included)."
     )
 
+    # --- the chat page and its status view ------------------------------------------------
+    feedback_public_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="The feedback service's HTTP API as browsers reach it: the chat page sends "
+        "thumbs and rankings there (its CORS origins must include this gateway's origin).",
+    )
+    trainer_broker_url: str | None = Field(
+        None,
+        description="The trainer's Celery broker, asked for recent runs. Unset: "
+        "FLYWHEEL_REDIS_URL (as the trainer's own default).",
+    )
+    trainer_control_queue: str = Field(
+        "control", description="The trainer's control queue (answers status questions)."
+    )
+    status_runs: int = Field(5, ge=1, le=50, description="Trainer runs in the status view.")
+    status_timeout_s: float = Field(
+        3.0, gt=0, description="How long the status view waits for each service."
+    )
+    status_cache_s: float = Field(
+        5.0, ge=0, description="How long one status answer is reused (open pages poll it)."
+    )
+
     @property
     def resolved_api_keys_file(self) -> Path:
         if self.api_keys_file is not None:
