@@ -92,9 +92,11 @@ class GatewaySettings(ServiceSettings):
 
     # --- the chat page and its status view ------------------------------------------------
     feedback_public_url: str = Field(
-        "http://127.0.0.1:8001",
+        "",
         description="The feedback service's HTTP API as browsers reach it: the chat page sends "
-        "thumbs and rankings there (its CORS origins must include this gateway's origin).",
+        "thumbs and rankings there, and the feedback service's CORS origins must include this "
+        "gateway's origin. Empty: the page's own origin (an Ingress that routes /v1/feedback "
+        "to the feedback service, as the Helm chart's does).",
     )
     trainer_broker_url: str | None = Field(
         None,

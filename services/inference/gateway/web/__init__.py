@@ -1,7 +1,8 @@
 """The chat page: plain HTML, CSS and JavaScript in ``static/``, served as files (no build step).
 
 ``/`` and ``/chat`` answer the page, ``/chat/static/...`` its script and style, and
-``/chat/config.json`` what the page cannot know by itself: where the feedback service is.
+``/chat/config.json`` what the page cannot know by itself: where the feedback service is (an
+empty URL: on the page's own origin, behind the same Ingress).
 The page talks to this gateway with the API key the user types (kept in the tab's
 sessionStorage only) and to the feedback service with the feedback token of each answer.
 """
@@ -21,6 +22,9 @@ STATIC = Path(__file__).with_name("static")
 
 
 def _origin(url: str) -> str:
+    """``scheme://host:port`` of a URL; empty for an empty URL (the page's own origin)."""
+    if not url:
+        return ""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
 
@@ -28,9 +32,9 @@ def _origin(url: str) -> str:
 def add_chat_page(app: FastAPI, settings: GatewaySettings) -> None:
     # The page may call this gateway and the feedback service, and nothing else; it runs no
     # inline script, so an answer that contains markup can never run as code.
+    connect = " ".join(filter(None, ["'self'", _origin(settings.feedback_public_url)]))
     policy = (
-        "default-src 'self'; "
-        f"connect-src 'self' {_origin(settings.feedback_public_url)}; "
+        f"default-src 'self'; connect-src {connect}; "
         "img-src 'self' data:; style-src 'self'; script-src 'self'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )

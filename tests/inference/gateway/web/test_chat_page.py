@@ -1,6 +1,6 @@
 """The chat page in a real browser: headless Chromium (Debian's) driven by Playwright, against
-the real gateway, engine (tiny model), reward and feedback services on loopback. The trainer
-is not running here: the status view must say so in words.
+the real gateway, engine (tiny model), reward and feedback services on loopback; for the status
+view, the trainer's real control worker, or no trainer at all (the view must say so in words).
 
 Each state the tests reach is saved as a screenshot under ``$FLYWHEEL_TEST_ARTIFACTS`` (default
 ``test-artifacts/``) / ``chat-page/``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +18,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from services.common.api_keys import ApiKeyStore
 from services.inference.gateway.server import GatewayServer
+from services.inference.gateway.settings import GatewaySettings
+from services.inference.gateway.web import add_chat_page
+from services.trainer.store.runs import RunStore
 from tests.conftest import REPO
-from tests.harness import FeedbackService, free_port
+from tests.harness import FeedbackService, free_port, wait_for
 from tests.stack_fixtures import gateway_settings
+from tests.trainer.trainer_helpers import TrainerProcess, trainer_env
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -143,10 +150,28 @@ def test_a_message_gets_a_streamed_answer_with_its_model_version(page, page_stac
 
     answer = wait_for_answer(page)
     assert answer.locator(".text").inner_text().strip()
-    playwright_api.expect(answer.locator(".version")).to_have_text("model v0")
+    # The version that wrote it, and whether it was cut at max_tokens (the tiny model's
+    # random answers usually are).
+    playwright_api.expect(answer.locator(".version")).to_have_text(
+        re.compile(r"^model v0( · cut at the length limit)?$")
+    )
     playwright_api.expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()
     screenshot(page, "1-answer")
     assert page.console_errors == []
+
+
+def test_regenerate_replaces_the_last_answer_with_a_new_one(page, page_stack):
+    use_key(page, page_stack.key)
+    ask(page, "Name a colour.")
+    wait_for_answer(page)
+
+    page.get_by_role("button", name="Regenerate").click()
+
+    wait_for_answer(page)
+    # One question, one (new) answer on the page; both answers were served and recorded.
+    playwright_api.expect(page.locator(".turn.user")).to_have_count(1)
+    playwright_api.expect(page.locator(".turn.assistant")).to_have_count(1)
+    wait_for(lambda: page_stack.feedback.interaction_count() == 2, 30, "both answers recorded")
 
 
 def test_a_thumb_with_a_reason_and_comment_reaches_the_feedback_store(page, page_stack):
@@ -256,6 +281,66 @@ def test_status_view_shows_the_version_thumbs_and_an_absent_trainer(page, page_s
     screenshot(page, "6-status")
 
 
+def record_runs(store: RunStore) -> None:
+    """Two finished runs in the trainer's run store, written as a train worker writes them:
+    one rejected at the policy gate, then one promoted."""
+    outcomes = [
+        ("rejected", "policy_gate: win rate 0.41 < 0.5", 0.71, 0.41, None),
+        ("succeeded", "", 0.74, 0.62, "v1"),
+    ]
+    for fence, (status, reason, accuracy, win_rate, version) in enumerate(outcomes, start=1):
+        run, _ = store.create_run("120 new pairs")
+        store.claim(run.id, fence)
+        for name, outputs in (
+            ("rm_gate", {"heldout_accuracy": accuracy, "promoted_accuracy": 0.6}),
+            ("policy_gate", {"win_rate": win_rate, "win_rate_ci90": [win_rate - 0.1, 0.8]}),
+            ("promote", {"version": version}),
+        ):
+            if name == "promote" and version is None:
+                break
+            store.start_stage(run.id, fence, name)
+            store.finish_stage(run.id, fence, name, "done", outputs)
+        store.finish_run(run.id, fence, status, reason)
+
+
+def test_status_view_shows_the_trainers_runs_and_gate_results(
+    page, page_stack, tmp_path, gateway_redis_url, policy_store
+):
+    # The real trainer control worker (Celery) answers the gateway, reading its run store.
+    data_dir = tmp_path / "trainer"
+    data_dir.mkdir()
+    store = RunStore(f"sqlite:///{data_dir / 'trainer.sqlite3'}")
+    record_runs(store)
+    store.close()
+    env = trainer_env(data_dir, gateway_redis_url, policy_store.root, page_stack.feedback.target)
+    control = TrainerProcess(["worker", "control"], env, tmp_path / "control.log").start()
+    try:
+        use_key(page, page_stack.key)
+        page.get_by_role("button", name="Status").click()
+        runs = page.locator("#runs")
+
+        def runs_shown() -> bool:  # the worker takes a few seconds to start answering
+            if runs.locator("table").count():
+                return True
+            page.get_by_role("button", name="Refresh").click()
+            page.wait_for_timeout(500)
+            return False
+
+        wait_for(runs_shown, 60, f"the runs on the page (worker log: {control.log_path})")
+        rows = runs.locator("tr")
+        playwright_api.expect(rows).to_have_count(3, timeout=ANSWER_TIMEOUT_MS)
+        # Newest first: the promoted run, then the rejected one with its reason.
+        playwright_api.expect(rows.nth(1)).to_contain_text("succeeded")
+        playwright_api.expect(rows.nth(1)).to_contain_text("0.74")
+        playwright_api.expect(rows.nth(1)).to_contain_text("62%")
+        playwright_api.expect(rows.nth(1)).to_contain_text("v1")
+        playwright_api.expect(rows.nth(2)).to_contain_text("rejected")
+        playwright_api.expect(rows.nth(2)).to_contain_text("win rate 0.41 < 0.5")
+        screenshot(page, "8-status-runs")
+    finally:
+        control.stop()
+
+
 def test_the_page_fits_a_phone_screen(browser, page_stack):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
@@ -269,3 +354,21 @@ def test_the_page_fits_a_phone_screen(browser, page_stack):
         screenshot(page, "7-phone")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize(
+    ("feedback_url", "connect"),
+    [
+        ("", "connect-src 'self';"),
+        ("https://fb.example.com/", "connect-src 'self' https://fb.example.com;"),
+    ],
+    ids=["same-origin", "feedback-elsewhere"],
+)
+def test_the_page_may_connect_only_to_the_gateway_and_the_feedback_api(feedback_url, connect):
+    app = FastAPI()
+    add_chat_page(app, GatewaySettings(feedback_public_url=feedback_url))
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert connect in page.headers["content-security-policy"]
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert client.get("/chat/config.json").json() == {"feedback_url": feedback_url.rstrip("/")}

@@ -95,8 +95,9 @@ function requireKey() {
 
 // --- streaming chat --------------------------------------------------------------------------
 
-// POST a streamed chat request; calls onDelta(index, text, version) per chunk and returns the
-// `flywheel` metadata of the last chunk (response ids, feedback token, conversation id).
+// POST a streamed chat request; calls onDelta(index, text, version, finishReason) per chunk and
+// returns the `flywheel` metadata of the last chunk (response ids, feedback token, conversation
+// id).
 async function streamChat(body, onDelta, signal) {
   requireKey();
   let response;
@@ -135,7 +136,8 @@ async function streamChat(body, onDelta, signal) {
         }
         if (chunk.flywheel) metadata = chunk.flywheel;
         for (const choice of chunk.choices || []) {
-          onDelta(choice.index, (choice.delta && choice.delta.content) || "", chunk.system_fingerprint);
+          const text = (choice.delta && choice.delta.content) || "";
+          onDelta(choice.index, text, chunk.system_fingerprint, choice.finish_reason);
         }
       }
     }
@@ -263,15 +265,17 @@ async function exchange(userText) {
   state.lastTurn = { userText, elements: [userTurn, turn], historyLength };
   const texts = new Array(candidates).fill("");
   const versions = new Array(candidates).fill("");
+  const finishes = new Array(candidates).fill(null);
   state.controller = new AbortController();
   setBusy(true);
   try {
     const metadata = await streamChat(
       requestBody(candidates),
-      (index, text, version) => {
+      (index, text, version, finishReason) => {
         texts[index] += text;
         if (version) versions[index] = version;
-        showText(turn, compare, index, texts[index], versions[index]);
+        if (finishReason) finishes[index] = finishReason;
+        showText(turn, compare, index, texts[index], versions[index], finishes[index]);
       },
       state.controller.signal,
     );
@@ -299,10 +303,12 @@ async function exchange(userText) {
   }
 }
 
-function showText(turn, compare, index, text, version) {
+function showText(turn, compare, index, text, version, finishReason) {
   const target = compare ? turn.querySelectorAll(".candidate")[index] : turn;
   $(".text", target).textContent = text;
-  if (version) $(".version", target).textContent = `model ${version}`;
+  // Say so when the answer was cut at the token limit: a rater should know it is unfinished.
+  const cut = finishReason === "length" ? " · cut at the length limit" : "";
+  if (version) $(".version", target).textContent = `model ${version}${cut}`;
 }
 
 // --- compare mode: n anonymous answers, ranked or voted on -------------------------------------
@@ -312,7 +318,7 @@ const LETTERS = "ABCDEFGH";
 function newCompareTurn(candidates) {
   const turn = element("li", { class: "turn compare" });
   turn.append(element("div", { class: "meta" }, `Compare ${candidates} answers (anonymous)`));
-  const grid = element("div", { class: "candidates" });
+  const grid = element("div", { class: "candidates", "data-count": String(candidates) });
   for (let i = 0; i < candidates; i++) {
     const card = element("section", { class: "candidate", "aria-label": `Answer ${LETTERS[i]}` });
     card.append(
