@@ -215,7 +215,9 @@ def test_gateway_and_feedback_import_with_only_the_image_packages():
         and module.isidentifier()
     }
     blocked.discard("services")
-    assert {"torch", "transformers", "celery", "kubernetes"} <= blocked
+    # Celery is in (the gateway's status view asks the trainer over it); the trainer's heavy
+    # parts are not.
+    assert {"torch", "transformers", "kubernetes"} <= blocked
 
     result = subprocess.run(
         [

@@ -59,7 +59,8 @@ def reference_version(registry: ModelRegistry, configured: str) -> VersionInfo:
 
 
 def _causal_lm(path: Path, device: torch.device):
-    # Training and the gate compare small differences: fp32 weights (bf16 autocast on GPU).
+    # Training and the gate compare small differences: fp32 weights and fp32 compute, on any
+    # device (PPO has no bf16 path yet; the reward stage autocasts to bf16 on GPU).
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
 
