@@ -47,7 +47,10 @@ class FeedbackCore:
         self._cache = ServedCache()
         self._write_engine = database.make_engine(url, writer=True)
         self.writer = StoreWriter(
-            self._write_engine, max_batch=settings.write_max_batch, after_commit=self._wake_relay
+            self._write_engine,
+            max_batch=settings.write_max_batch,
+            after_commit=self._wake_relay,
+            read_ahead=lambda conn, commands: feedback.read_ahead(conn, commands, self._cache),
         )
         self.checkpointer = database.Checkpointer(url, settings.checkpoint_interval_s)
         self.relay = OutboxRelay(
@@ -84,7 +87,8 @@ class FeedbackCore:
             accepted = await self.writer.run(
                 lambda conn, now: feedback.apply(
                     conn, command, now=now, ttl=self.ttl, cache=self._cache, revoked=self.revoked
-                )
+                ),
+                read_ahead=command,
             )
         except Refused as refused:
             metrics.EVENTS.labels(command.kind, "refused").inc()

@@ -10,7 +10,7 @@ A function must raise Refused (a client error) before its first write. A functio
 raises anything else makes the writer roll the batch back and run it again with a SAVEPOINT
 around each function, so the failure undoes only that function's writes and fails only its own
 caller. If the commit itself fails, every caller of the batch gets StorageUnavailable and
-nothing of it was acknowledged.
+nothing of it was acknowledged. On PostgreSQL the batch is sent in pipeline mode (below).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteFn = Callable[[sa.Connection, datetime], T]
+# Reads a batch's jobs will need, done once for the whole batch before they run: given the
+# connection and the ``read_ahead`` values the batch's jobs were submitted with.
+ReadAheadFn = Callable[[sa.Connection, list[Any]], None]
 
 
 @dataclass
@@ -44,6 +47,7 @@ class _Job:
     # A concurrent Future for threads; an asyncio future (with its loop) for coroutines.
     future: Future | asyncio.Future
     loop: asyncio.AbstractEventLoop | None = None
+    read_ahead: Any = None
 
 
 def _settle(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:
@@ -71,10 +75,12 @@ class StoreWriter:
         *,
         max_batch: int = 256,
         after_commit: Callable[[], None] | None = None,
+        read_ahead: ReadAheadFn | None = None,
     ) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._after_commit = after_commit
+        self._read_ahead = read_ahead
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._conn: sa.Connection | None = None
@@ -85,16 +91,18 @@ class StoreWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, fn: WriteFn[T]) -> Future[T]:
+    def submit(self, fn: WriteFn[T], read_ahead: Any = None) -> Future[T]:
         future: Future[T] = Future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job(fn, future, read_ahead=read_ahead))
         return future
 
-    async def run(self, fn: WriteFn[T]) -> T:
-        """Run ``fn`` in the next batch and wait for its commit, from async code."""
+    async def run(self, fn: WriteFn[T], read_ahead: Any = None) -> T:
+        """Run ``fn`` in the next batch and wait for its commit, from async code.
+        ``read_ahead``: what the writer's ``read_ahead`` function should read for it, together
+        with the other jobs of its batch (one query instead of one per job)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        self._queue.put(_Job(fn, future, loop, read_ahead))
         return await future
 
     def call(self, fn: WriteFn[T], timeout: float | None = 30.0) -> T:
@@ -161,9 +169,32 @@ class StoreWriter:
 
     def _attempt(self, jobs: list[_Job], now: datetime, isolate: bool) -> list[tuple[bool, Any]]:
         conn = self._connection()
-        run = self._run_isolated if isolate else self._run_plain
         with conn.begin():
-            return [run(conn, job, now) for job in jobs]
+            hints = [job.read_ahead for job in jobs if job.read_ahead is not None]
+            if hints and self._read_ahead is not None:
+                self._read_ahead(conn, hints)
+            if isolate:
+                return [self._run_isolated(conn, job, now) for job in jobs]
+            if conn.dialect.name == "postgresql":
+                return self._run_pipelined(conn, jobs, now)
+            return [self._run_plain(conn, job, now) for job in jobs]
+
+    def _run_pipelined(
+        self, conn: sa.Connection, jobs: list[_Job], now: datetime
+    ) -> list[tuple[bool, Any]]:
+        """PostgreSQL: the batch in psycopg's pipeline mode. A statement whose result nobody
+        reads (most inserts and updates) is sent without waiting for the server's answer, so a
+        vote costs a network round trip per read, not per statement; the server still runs
+        them in order, so every read sees the writes before it. A statement's failure surfaces
+        at the next read or at the pipeline's end, maybe inside a later job: any failure
+        redoes the batch with savepoints, outside the pipeline, which puts it on its job."""
+        try:
+            with conn.connection.dbapi_connection.pipeline():
+                return [self._run_plain(conn, job, now) for job in jobs]
+        except _Isolate:
+            raise
+        except Exception as error:  # a write that failed, reported when the pipeline synced
+            raise _Isolate from error
 
     @staticmethod
     def _resolve(jobs: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
@@ -194,7 +225,11 @@ class StoreWriter:
                 # needs no savepoints (they cost more than the rest of a vote's SQL).
                 outcomes = self._attempt(jobs, now, isolate=False)
             except _Isolate as failure:
-                log.warning(
+                # A constraint conflict is expected now and then (a client's retry on
+                # PostgreSQL, a race between replicas); anything else is worth a warning.
+                expected = isinstance(failure.__cause__, sa.exc.IntegrityError)
+                log.log(
+                    logging.INFO if expected else logging.WARNING,
                     "a write failed (%s); redoing its batch of %d with savepoints",
                     failure.__cause__,
                     len(jobs),

@@ -3,6 +3,7 @@ PostgreSQL, against the real service on loopback."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -139,6 +140,25 @@ def test_retry_with_the_same_client_event_id_is_replayed(feedback):
     assert first.status_code == 201 and "idempotent-replayed" not in first.headers
     assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
     assert retry.json() == first.json()
+    stats = feedback.stub.Stats(feedback_pb2.StatsRequest())
+    assert stats.feedback_events.thumbs == 1
+
+
+def test_retries_sent_at_once_record_one_event(feedback):
+    # Sent together they usually share a write batch, where PostgreSQL's first attempt
+    # assumes each id is new and the unique constraint must sort them out.
+    group = serve_group(feedback.stub)
+    body = {
+        "kind": "thumb",
+        "response_id": group.response_ids[0],
+        "value": -1,
+        "client_event_id": "double-click",
+    }
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(feedback, body, group.auth), range(4)))
+
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 201]
+    assert len({a.json()["id"] for a in answers}) == 1
     stats = feedback.stub.Stats(feedback_pb2.StatsRequest())
     assert stats.feedback_events.thumbs == 1
 

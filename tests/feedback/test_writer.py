@@ -103,3 +103,48 @@ def test_a_failed_commit_acknowledges_nothing_and_the_writer_recovers(engine):
     assert writer.call(add("next")) == "next"
     writer.stop()
     assert stored(engine) == {"next"}
+
+
+def test_a_write_failing_last_in_its_batch_fails_only_its_request(engine):
+    # On PostgreSQL the batch runs in pipeline mode, where this failure is only reported when
+    # the pipeline ends, after every function has returned.
+    writer = StoreWriter(engine)
+    writer.start()
+    gate = threading.Event()
+    writer.submit(lambda conn, now: gate.wait(10))
+    first, duplicate = writer.submit(add("once")), writer.submit(add("once"))
+    gate.set()
+    wait([first, duplicate], timeout=30)
+    writer.stop()
+    assert first.result() == "once"
+    assert isinstance(duplicate.exception(), sa.exc.IntegrityError)
+    assert stored(engine) == {"once"}
+
+
+def test_a_request_reads_what_earlier_requests_of_its_batch_wrote(engine):
+    writer = StoreWriter(engine)
+    writer.start()
+
+    def count(conn, now):
+        return conn.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one()
+
+    gate = threading.Event()
+    writer.submit(lambda conn, now: gate.wait(10))
+    futures = [writer.submit(add("a")), writer.submit(add("b")), writer.submit(count)]
+    gate.set()
+    wait(futures, timeout=30)
+    writer.stop()
+    assert futures[2].result() == 2
+
+
+def test_a_batch_reads_ahead_once_for_all_its_jobs(engine):
+    seen: list[list[str]] = []
+    writer = StoreWriter(engine, read_ahead=lambda conn, hints: seen.append(hints))
+    writer.start()
+    gate = threading.Event()
+    writer.submit(lambda conn, now: gate.wait(10))  # no hint: nothing to read ahead
+    futures = [writer.submit(add(name), read_ahead=name) for name in ("a", "b", "c")]
+    gate.set()
+    wait(futures, timeout=30)
+    writer.stop()
+    assert seen == [["a", "b", "c"]]
