@@ -1,8 +1,12 @@
-"""PPO throughput: our PPOTrainer vs TRL's PPOTrainer (trl.experimental.ppo), one run.
+"""PPO throughput: our PPOTrainer vs TRL's PPOTrainer (trl.experimental.ppo), side by side.
 
 Run (needs the bench extra: pip install -c constraints.txt -e '.[bench]'):
     .venv/bin/python -m benchmarks.ppo_throughput [--episodes-per-iteration 16]
         [--minibatch-size 8] [--iterations 3] [--response-length 32] [--store /tmp/store1]
+        [--rounds 3]
+
+With ``--rounds R`` the two sides run R times each, alternating which goes first
+(benchmarks/rounds.py), and the summary gives medians with their range.
 
 Throughput is episodes per second of PPO iterations (rollout, scoring, targets, one
 PPO epoch of updates). Each side runs one warm-up iteration that is not counted,
@@ -54,6 +58,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from benchmarks.rounds import interleave, report, spread
 from services.common.base_model import init_policy_v0
 from services.common.registry import ModelRegistry
 from services.rlhf.generation import SamplingConfig
@@ -261,30 +266,41 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=32, help="most new tokens")
     parser.add_argument("--lr", type=float, default=3e-6, help="policy and value learning rate")
     parser.add_argument("--store", type=Path, help="a model store with policy/v0 (else a temp one)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds (medians and spread when > 1)"
+    )
     args = parser.parse_args()
     if args.episodes_per_iteration % args.minibatch_size:
         parser.error("--episodes-per-iteration must be a multiple of --minibatch-size")
+
+    lengths = {"ours": [], "TRL": []}
+
+    def side(name, run):
+        def measure() -> float:
+            torch.manual_seed(0)
+            rate, length = run()
+            lengths[name].append(length)
+            gc.collect()  # free one side's four models and optimizer states before the other's
+            return rate
+
+        return measure
 
     with tempfile.TemporaryDirectory() as tmp:
         registry = ModelRegistry(args.store or Path(tmp))
         info, _ = init_policy_v0(registry)
         tokenizer = AutoTokenizer.from_pretrained(info.path)
         prompts = make_prompts(args.episodes_per_iteration)
-        torch.manual_seed(0)
-        ours_rate, ours_length = run_ours(info.path, tokenizer, prompts, args)
-        gc.collect()  # free our four models and optimizer states before TRL loads its own
-        torch.manual_seed(0)
-        trl_rate, trl_length = run_trl(info.path, prompts, args)
+        result = interleave(
+            args.rounds,
+            side("ours", lambda: run_ours(info.path, tokenizer, prompts, args)),
+            side("TRL", lambda: run_trl(info.path, prompts, args)),
+        )
 
     print(
-        f"ours (PPOTrainer): {ours_rate:.2f} episodes/s, "
-        f"mean answer length {ours_length:.1f} tokens"
+        f"episodes/s of PPO iterations; mean answer length: ours {spread(lengths['ours'], 1)}, "
+        f"TRL {spread(lengths['TRL'], 1)} tokens"
     )
-    print(
-        f"TRL PPOTrainer (experimental): {trl_rate:.2f} episodes/s, "
-        f"mean answer length {trl_length:.1f} tokens"
-    )
-    print(f"throughput ratio ours/TRL: {ours_rate / trl_rate:.2f}x")
+    report(result, "episodes/s", "TRL", target=1.5)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Reward-model training throughput: our K-wise trainer vs TRL's RewardTrainer, one run.
+"""Reward-model training throughput: our K-wise trainer vs TRL's RewardTrainer, side by side.
 
 Run (needs the bench extra: pip install -c constraints.txt -e '.[bench]'):
-    .venv/bin/python -m benchmarks.reward_throughput [--prompts 48] [--heldout 24]
+    .venv/bin/python -m benchmarks.reward_throughput [--prompts 48] [--heldout 24] [--rounds 3]
+
+With ``--rounds R`` the two sides run R times each, alternating which goes first
+(benchmarks/rounds.py), and the summary gives medians with their range.
 
 Same backbone (policy/v0, SmolLM2-135M-Instruct, fp32, CPU), same K=4 ranking data,
 same sequence budget, same learning rate, schedule and optimizer betas, one epoch.
@@ -18,6 +21,7 @@ is better) so that accuracy means something after one short epoch.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import tempfile
 import time
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.rounds import interleave, report, spread
 from services.common.base_model import init_policy_v0
 from services.common.registry import ModelRegistry
 from services.rlhf.heads import ScalarHeadModel
@@ -164,26 +169,38 @@ def main() -> None:
         "--precision", choices=["fp32", "bf16"], default="fp32", help="both sides: autocast or not"
     )
     parser.add_argument("--store", type=Path, help="a model store with policy/v0 (else a temp one)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds (medians and spread when > 1)"
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
+
+    accuracies = {"ours": [], "TRL": []}
+
+    def side(run, name):
+        def measure() -> float:
+            torch.manual_seed(0)
+            rate, accuracy = run(info.path, tokenizer, train, heldout, args)
+            accuracies[name].append(accuracy)
+            gc.collect()
+            return rate
+
+        return measure
 
     with tempfile.TemporaryDirectory() as tmp:
         registry = ModelRegistry(args.store or Path(tmp))
         info, _ = init_policy_v0(registry)
         tokenizer = AutoTokenizer.from_pretrained(info.path)
         train, heldout = rankings(args.prompts, seed=1), rankings(args.heldout, seed=2)
-        torch.manual_seed(0)
-        ours_rate, ours_acc = run_ours(info.path, tokenizer, train, heldout, args)
-        torch.manual_seed(0)
-        trl_rate, trl_acc = run_trl(info.path, tokenizer, train, heldout, args)
+        result = interleave(args.rounds, side(run_ours, "ours"), side(run_trl, "TRL"))
 
-    print(f"precision: {args.precision} (both sides)")
-    print(f"ours (K-wise): {ours_rate:.1f} comparisons/s, held-out accuracy {ours_acc:.3f}")
+    print(f"precision: {args.precision} (both sides); comparisons/s of one epoch")
     print(
-        f"TRL RewardTrainer (pairs): {trl_rate:.1f} comparisons/s, held-out accuracy {trl_acc:.3f}"
+        f"held-out accuracy: ours {spread(accuracies['ours'], 3)}, "
+        f"TRL {spread(accuracies['TRL'], 3)}"
     )
-    print(f"throughput ratio ours/TRL: {ours_rate / trl_rate:.2f}x")
+    report(result, "comparisons/s", "TRL", target=2.5)
 
 
 if __name__ == "__main__":
