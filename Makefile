@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench install-bench-llamacpp test test-slow lint format proto proto-check lock demo clean
+.PHONY: install install-bench install-bench-llamacpp install-bench-llamaserver test test-slow lint format proto proto-check lock demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ install-bench-llamacpp:
 	.venv-llamacpp/bin/pip install -q --upgrade pip
 	CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 .venv-llamacpp/bin/pip install -q \
 		'llama-cpp-python[server]==0.3.36'
+
+# llama.cpp's own llama-server (parallel slots, continuous batching), the fair peer of the
+# inference benchmark: built from the vendored source for this CPU (tools/build-llama-server.sh).
+install-bench-llamaserver:
+	PYTHON=$(BIN)/python tools/build-llama-server.sh
 
 # Lint, the proto check, then the default suite with the servers it needs started
 # (and stopped again, even when a test fails).

@@ -1,10 +1,18 @@
-"""Inference throughput: our engine vs llama.cpp's OpenAI server vs naive model.generate.
+"""Inference throughput: our engine vs llama.cpp (its own llama-server, and llama-cpp-python's
+server) vs naive model.generate.
 
-Run (llama.cpp peer: make install-bench-llamacpp, which builds .venv-llamacpp):
+Run (peers: make install-bench-llamaserver builds .bench/llama-server; make
+install-bench-llamacpp builds .venv-llamacpp):
     .venv/bin/python -m benchmarks.inference_throughput --store data/models
         [--ours-url http://127.0.0.1:8000 | --ours-cmd 'CMD ... --port {port}']
+        [--llama-server .bench/llama-server/llama-server]
         [--requests 16] [--concurrency 16] [--max-tokens 64] [--skip-extras]
     .venv/bin/python -m benchmarks.inference_throughput --sweep-llamacpp   # pick its best config
+    .venv/bin/python -m benchmarks.inference_throughput --sweep-llama-server
+
+llama-server runs with as many parallel slots as --concurrency (continuous batching across
+them); llama-cpp-python's server handles one request at a time, so its 16-in-flight line
+measures queueing, not batching: llama-server is the fair peer at 16 in flight.
 
 Workload: 16 single-turn chat prompts (the model's chat template with its generation prompt),
 64 new tokens each, greedy. Aggregate tokens/s = tokens generated / wall seconds of the phase.
@@ -271,6 +279,21 @@ def run_llamacpp(args, config: llamacpp_peer.LlamaCppConfig, side: str, logs: Pa
         return measure_server(side, base_url, llamacpp_peer.MODEL_ALIAS, args, server.pid)
 
 
+def run_llama_server(
+    args, config: llamacpp_peer.LlamaServerConfig, side: str, logs: Path
+) -> list[Result]:
+    port = llamacpp_peer.free_port()
+    command = llamacpp_peer.llama_server_command(
+        args.llama_server, args.gguf, port, args.concurrency, config
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    log(f"{side}: starting llama-server ({config.name}: {' '.join(config.flags)})")
+    with llamacpp_peer.running_server(
+        command, f"{base_url}/health", logs / f"llama-server-{port}.log"
+    ) as server:
+        return measure_server(side, base_url, llamacpp_peer.MODEL_ALIAS, args, server.pid)
+
+
 def run_ours(args, logs: Path) -> list[Result]:
     if args.ours_url:
         return measure_server("ours", args.ours_url.rstrip("/"), args.ours_model, args)
@@ -394,6 +417,17 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        help="llama.cpp's own llama-server binary (make install-bench-llamaserver): adds it as "
+        f"a side, slots = --concurrency (default binary: {llamacpp_peer.DEFAULT_LLAMA_SERVER})",
+    )
+    parser.add_argument(
+        "--sweep-llama-server",
+        action="store_true",
+        help="measure every llamacpp_peer.LLAMA_SERVER_CONFIGS entry (and nothing else)",
+    )
     parser.add_argument("--skip-extras", action="store_true", help="no batch/bf16 naive lines")
     parser.add_argument(
         "--sweep-llamacpp",
@@ -421,6 +455,13 @@ def main() -> None:
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
+        if args.sweep_llama_server:
+            args.llama_server = args.llama_server or llamacpp_peer.DEFAULT_LLAMA_SERVER
+            for config in llamacpp_peer.LLAMA_SERVER_CONFIGS.values():
+                results += run_llama_server(args, config, f"llama-server, {config.name}", logs)
+            print()
+            print(table(results, args.concurrency, args.max_tokens))
+            return
         if args.sweep_llamacpp:
             for config in llamacpp_peer.CONFIGS.values():
                 results += run_llamacpp(args, config, config.name, logs)
@@ -434,6 +475,9 @@ def main() -> None:
             results += run_naive(args, policy_path(args.store, logs / "store"))
         if not args.skip_llamacpp:
             results += run_llamacpp(args, llamacpp_peer.BEST, "llama.cpp", logs)
+        if args.llama_server:
+            best = llamacpp_peer.LLAMA_SERVER_BEST
+            results += run_llama_server(args, best, "llama-server", logs)
         if args.ours_url or args.ours_cmd:
             results += run_ours(args, logs)
     print()

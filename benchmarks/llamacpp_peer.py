@@ -65,6 +65,49 @@ CONFIGS = {
 BEST = CONFIGS["2 threads, spin, last logits"]
 
 
+# --- llama.cpp's own llama-server (tools/build-llama-server.sh) --------------------------------
+
+DEFAULT_LLAMA_SERVER = Path(".bench/llama-server/llama-server")
+
+
+@dataclass(frozen=True)
+class LlamaServerConfig:
+    """llama-server flags beyond the model, address and slots (``--sweep-llama-server``)."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+
+
+LLAMA_SERVER_CONFIGS = {
+    config.name: config
+    for config in (
+        LlamaServerConfig("2 threads", ("-t", "2", "-tb", "2")),
+        LlamaServerConfig("2 threads, flash attn", ("-t", "2", "-tb", "2", "-fa", "on")),
+        LlamaServerConfig("2 threads, ubatch 128", ("-t", "2", "-tb", "2", "-ub", "128")),
+        LlamaServerConfig("1 thread", ("-t", "1", "-tb", "1")),
+    )
+}
+LLAMA_SERVER_BEST = LLAMA_SERVER_CONFIGS["2 threads"]
+
+
+def llama_server_command(
+    binary: Path,
+    gguf: Path,
+    port: int,
+    slots: int,
+    config: LlamaServerConfig,
+    ctx_per_slot: int = 1024,
+) -> list[str]:
+    """llama-server on ``gguf`` with ``slots`` parallel slots (continuous batching, llama.cpp's
+    default), ``ctx_per_slot`` tokens of context each, loopback only, no web UI."""
+    if not binary.is_file():
+        raise FileNotFoundError(f"{binary} is missing: make install-bench-llamaserver")
+    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["-np", str(slots), "-c", str(slots * ctx_per_slot), "-a", MODEL_ALIAS]
+    command += ["--no-webui", *config.flags]
+    return command
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (the OS picks it)."""
     with socket.socket() as sock:

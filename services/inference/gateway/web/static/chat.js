@@ -24,7 +24,7 @@ const REASONS = {
 
 const state = {
   key: sessionStorage.getItem(KEY_STORAGE) || "",
-  feedbackUrl: null,
+  feedbackUrl: "", // the page's own origin until /chat/config.json says otherwise
   history: [], // the messages sent with the next request: {role, content}
   conversationId: null,
   controller: null, // AbortController of the request in flight
