@@ -346,11 +346,10 @@ def run_reward_step(args, model_dir: Path, device: torch.device) -> dict:
 def run_ppo_iteration(args, model_dir: Path, device: torch.device) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from benchmarks.ppo_throughput import ADAM_BETAS, KL_COEF, make_prompts
+    from benchmarks.ppo_throughput import make_prompts, matched_config
     from services.common.model_loading import load_tokenizer
-    from services.rlhf.generation import SamplingConfig
     from services.rlhf.heads import ScalarHeadModel
-    from services.rlhf.ppo import PPOConfig, PPOTrainer
+    from services.rlhf.ppo import PPOTrainer
 
     def causal_lm():
         # fp32 weights, as the trainer's policy stage loads them.
@@ -363,19 +362,7 @@ def run_ppo_iteration(args, model_dir: Path, device: torch.device) -> dict:
     reward_model = ScalarHeadModel.from_pretrained(model_dir, device=str(device))
     tokenizer = load_tokenizer(model_dir)
     log(f"ppo: 3 models loaded on {device} in {time.perf_counter() - started:.1f} s")
-    config = PPOConfig(
-        policy_lr=3e-6,
-        value_lr=3e-6,
-        adam_betas=ADAM_BETAS,
-        rollout_batch_size=args.ppo_episodes,
-        minibatch_size=args.ppo_minibatch,
-        ppo_epochs=1,
-        kl_beta=KL_COEF,
-        sampling=SamplingConfig(
-            max_new_tokens=args.ppo_new_tokens, do_sample=True, temperature=1.0
-        ),
-        seed=0,
-    )
+    config = matched_config(args.ppo_episodes, args.ppo_minibatch, args.ppo_new_tokens, lr=3e-6)
     # value_model=None: the trainer makes it a copy of the reward model, as the paper does.
     trainer = PPOTrainer(policy, reference, None, reward_model, tokenizer, config)
     prompts = make_prompts(args.ppo_episodes)

@@ -109,25 +109,29 @@ def answer_length(tokens: list[int], eos: int) -> int:
     return tokens.index(eos) + 1 if eos in tokens else len(tokens)
 
 
-def run_ours(model_dir: Path, tokenizer, prompts, args) -> tuple[float, float]:
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    reward_model = ScalarHeadModel.from_pretrained(model_dir)
-    config = PPOConfig(
-        policy_lr=args.lr,
-        value_lr=args.lr,
+def matched_config(episodes: int, minibatch: int, new_tokens: int, lr: float) -> PPOConfig:
+    """Our PPO with the settings matched to TRL's (the module docstring lists them); the GPU
+    check runs the same iteration."""
+    return PPOConfig(
+        policy_lr=lr,
+        value_lr=lr,
         adam_betas=ADAM_BETAS,
-        rollout_batch_size=len(prompts),
-        minibatch_size=args.minibatch_size,
+        rollout_batch_size=episodes,
+        minibatch_size=minibatch,
         ppo_epochs=1,
         kl_beta=KL_COEF,
         ptx_coef=0.0,
         whiten_advantages=True,
-        sampling=SamplingConfig(
-            max_new_tokens=args.response_length, do_sample=True, temperature=1.0
-        ),
+        sampling=SamplingConfig(max_new_tokens=new_tokens, do_sample=True, temperature=1.0),
         seed=0,
     )
+
+
+def run_ours(model_dir: Path, tokenizer, prompts, args) -> tuple[float, float]:
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reward_model = ScalarHeadModel.from_pretrained(model_dir)
+    config = matched_config(len(prompts), args.minibatch_size, args.response_length, args.lr)
     # value_model=None: the trainer makes it a copy of the reward model, as the paper does.
     trainer = PPOTrainer(policy, reference, None, reward_model, tokenizer, config)
     trainer.step(prompts, seed=0)  # warm-up, not counted
