@@ -2,6 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.rlhf import llama_decode
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.sequences import build_response_batch, response_logprobs
 
@@ -83,3 +84,40 @@ def test_generation_logprobs_equal_a_scoring_pass(tiny):
         assert len(logprobs) == len(rollout.answer_ids[row])
         assert torch.allclose(torch.tensor(logprobs), scored[row, : len(logprobs)], atol=1e-4)
     assert generate(model, tokenizer, PROMPTS, config).logprobs is None
+
+
+def test_greedy_answers_are_transformers_generates_own(tiny):
+    """The decode loop (the fast Llama step after the prompt pass) changes no token."""
+    model, tokenizer = tiny
+    config = SamplingConfig(do_sample=False, max_new_tokens=12)
+    rollout = generate(model, tokenizer, PROMPTS, config)
+    eos = tokenizer.eos_token_id
+    for prompt_ids, answer in zip(rollout.prompt_ids, rollout.answer_ids, strict=True):
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False, eos_token_id=eos
+            )
+        expected = out[0, len(prompt_ids) :].tolist()
+        assert answer == expected[: expected.index(eos) + 1 if eos in expected else None]
+
+
+@pytest.mark.parametrize("truncation", [{"top_k": 1}, {"top_p": 1e-6}], ids=["top-k", "top-p"])
+def test_sampling_truncated_to_the_likeliest_token_is_greedy(tiny, truncation):
+    model, tokenizer = tiny
+    greedy = generate(model, tokenizer, PROMPTS, SamplingConfig(do_sample=False))
+    torch.manual_seed(11)
+    sampled = generate(model, tokenizer, PROMPTS, SamplingConfig(do_sample=True, **truncation))
+    assert sampled.answer_ids == greedy.answer_ids
+
+
+def test_without_the_fast_step_the_models_forward_decodes_the_same_tokens(tiny, monkeypatch):
+    """Models the fast step does not cover (other architectures, GPUs) decode through their
+    own forward, with the same tokens and log-probs."""
+    model, tokenizer = tiny
+    config = SamplingConfig(do_sample=False, max_new_tokens=12)
+    fast = generate(model, tokenizer, PROMPTS, config, with_logprobs=True)
+    monkeypatch.setattr(llama_decode, "build", lambda _model: None)
+    plain = generate(model, tokenizer, PROMPTS, config, with_logprobs=True)
+    assert plain.answer_ids == fast.answer_ids
+    for ours, theirs in zip(plain.logprobs, fast.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(ours), torch.tensor(theirs), atol=1e-5)
