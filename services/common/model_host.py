@@ -18,6 +18,7 @@ from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Gauge
 
+from services.common.openmp import in_passing_thread
 from services.common.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class ModelHost(Generic[Loaded]):
             if info is None:
                 return previous, previous
             started = time.perf_counter()
-            loaded = self._load(info)
+            # Off this thread, so no OpenMP team outlives the load (services/common/openmp.py).
+            loaded = in_passing_thread(lambda: self._load(info))
             self._current = loaded
             if previous:
                 self._gauge.labels(previous).set(0)

@@ -18,6 +18,7 @@ from services.common.model_loading import load_causal_lm, pick_device, resolve_p
 from services.common.registry import ModelRegistry, VersionInfo
 from services.inference.engine import metrics
 from services.inference.engine.scheduler import LoadedPolicy
+from services.rlhf import llama_decode
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,27 @@ ROLE = "policy"
 
 
 class PolicyHolder:
-    def __init__(self, registry: ModelRegistry, device: str = "auto", precision: str = "auto"):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        device: str = "auto",
+        precision: str = "auto",
+        *,
+        fast_decode: bool = True,
+    ):
         self.registry = registry
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.fast_decode = fast_decode
         self._host = ModelHost(
             registry,
             ROLE,
             self._load,
             metrics.SERVING,
-            describe=lambda _policy: f"on {self.device} in {self.precision}",
+            describe=lambda policy: (
+                f"on {self.device} in {self.precision}"
+                + (", fast decode step" if policy.decode_step is not None else "")
+            ),
         )
 
     @property
@@ -64,4 +76,5 @@ class PolicyHolder:
             tokenizer=tokenizer,
             eos_token_ids=frozenset(eos_ids),
             loaded_at=datetime.now(UTC),
+            decode_step=llama_decode.build(model) if self.fast_decode else None,
         )

@@ -54,6 +54,18 @@ class TokenChooser:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
 
+    @property
+    def greedy(self) -> bool:
+        """Plain argmax of the raw logits: the scheduler picks these rows' tokens for the
+        whole batch at once (``greedy_tokens``) and hands each to ``accept``."""
+        penalty = self.params.repetition_penalty
+        return not self.params.samples and (penalty is None or penalty == 1.0)
+
+    def accept(self, token: int) -> None:
+        """Record a token chosen for this request elsewhere (``greedy_tokens``)."""
+        if not self.greedy:
+            self.seen = torch.cat((self.seen, torch.tensor([token], dtype=self.seen.dtype)))
+
     def choose(self, logits: torch.Tensor) -> tuple[int, float]:
         """(token id, its logprob) from one row of fp32 logits, (vocab,)."""
         params = self.params
@@ -78,8 +90,16 @@ class TokenChooser:
         else:
             logprobs = torch.log_softmax(logits, dim=-1)
             token = int(torch.argmax(logits))
-        self.seen = torch.cat((self.seen, torch.tensor([token], dtype=self.seen.dtype)))
+        self.accept(token)
         return token, float(logprobs[token])
+
+
+def greedy_tokens(logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Each row's argmax and its logprob, for a (rows, vocab) batch in two passes over it
+    rather than two per row: what ``choose`` gives a greedy row, bit for bit."""
+    tokens = logits.argmax(dim=-1)
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+    return tokens.tolist(), logprobs.tolist()
 
 
 def _finite(logits: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,10 @@ class EngineServer:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.policies = PolicyHolder(
-            ModelRegistry(settings.model_store_dir), settings.device, settings.precision
+            ModelRegistry(settings.model_store_dir),
+            settings.device,
+            settings.precision,
+            fast_decode=settings.fast_decode,
         )
         self.scheduler = Scheduler(
             max_batch_size=settings.max_batch_size,
