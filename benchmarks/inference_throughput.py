@@ -5,8 +5,8 @@ Run (peers: make install-bench-llamaserver builds .bench/llama-server; make
 install-bench-llamacpp builds .venv-llamacpp):
     .venv/bin/python -m benchmarks.inference_throughput --store data/models
         [--ours-url http://127.0.0.1:8000 | --ours-cmd 'CMD ... --port {port}']
-        [--llama-server .bench/llama-server/llama-server]
-        [--requests 16] [--concurrency 16] [--max-tokens 64] [--skip-extras]
+        [--llama-server .bench/llama-server/llama-server [--llama-server-types Q4_1,BF16]]
+        [--rounds 3] [--requests 16] [--concurrency 16] [--max-tokens 64] [--skip-extras]
     .venv/bin/python -m benchmarks.inference_throughput --sweep-llamacpp   # pick its best config
     .venv/bin/python -m benchmarks.inference_throughput --sweep-llama-server
 
@@ -17,7 +17,11 @@ measures queueing, not batching: llama-server is the fair peer at 16 in flight.
 Workload: 16 single-turn chat prompts (the model's chat template with its generation prompt),
 64 new tokens each, greedy. Aggregate tokens/s = tokens generated / wall seconds of the phase.
 Every side gets one warm-up request first, not counted. The sides run one after another,
-never together (each server is stopped before the next side starts): the box has 2 cores.
+never together: the box has 2 cores. The HTTP sides (llama-server in each GGUF type, ours)
+are up at once but measured in turn, idle otherwise (each phase reports other processes'
+CPU), their order rotated every round (``--rounds``); requests stream, so each phase also
+gives time to first token and the gaps between streamed tokens (p50/p99), and the summary
+gives medians over the rounds with their range and ours' ratio over each side per round.
 
 Sides:
 - naive: policy/v0 (SmolLM2-135M-Instruct, fp32, CPU) from the model store, ``model.generate``
@@ -29,6 +33,9 @@ Sides:
   tokens it really generated (``usage.completion_tokens``); the prompts ask for long answers
   and the table says how many requests stopped early. Its "x llama.cpp" baseline is the
   16-concurrent line.
+- llama-server: llama.cpp's own server, as many parallel slots as ``--concurrency``, on the
+  shipped Q4_1 GGUF and on the same weights rewritten as BF16 by ``llama-quantize`` (ours
+  serves bf16: the equal-precision peer).
 - ours: any OpenAI-compatible ``/v1/chat/completions`` (``--ours-url``, or ``--ours-cmd``,
   which is started here, waited for on ``GET /health`` and stopped), measured exactly like
   llama.cpp; requests carry ``ignore_eos: true`` (ignored by servers that lack it).
@@ -42,10 +49,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
+import json
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,7 +64,7 @@ import httpx
 import torch
 from transformers.utils import logging as hf_logging
 
-from benchmarks import llamacpp_peer
+from benchmarks import llamacpp_peer, rounds
 from services.common.base_model import find_base_gguf, init_policy_v0
 from services.common.model_loading import load_causal_lm
 from services.common.registry import ModelRegistry
@@ -137,7 +147,8 @@ class OtherCpu:
 
 @dataclass(frozen=True)
 class Result:
-    """One measured phase: ``tokens`` new tokens over ``seconds`` of wall time."""
+    """One measured phase: ``tokens`` new tokens over ``seconds`` of wall time; for the HTTP
+    sides also each request's time to first token and the gaps between its streamed chunks."""
 
     side: str
     concurrency: int
@@ -147,10 +158,18 @@ class Result:
     seconds: float
     stopped_early: int = 0
     other_cpu: float | None = None  # None: not known (a server we did not start)
+    first_token_s: tuple[float, ...] = ()
+    inter_token_s: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
         return self.tokens / self.seconds
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile (``share`` in 0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
 def report(result: Result) -> None:
@@ -183,22 +202,45 @@ def chats(prompts: Sequence[str]) -> list[list[dict[str, str]]]:
 # --- HTTP sides (llama.cpp, ours) -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Answer:
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float  # from sending the request to its first content chunk
+    gaps_s: list[float]  # between consecutive content chunks (one token each, both servers)
+
+
 async def _chat(
     client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], max_tokens: int
-) -> tuple[int, int]:
-    """(prompt tokens, completion tokens) of one non-streaming greedy chat completion."""
+) -> Answer:
+    """One streamed greedy chat completion; token counts from its final usage chunk."""
     body = {
         "model": model,
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0.0,
-        "stream": False,
+        "stream": True,
+        "stream_options": {"include_usage": True},
         "ignore_eos": True,  # vLLM's extension; servers without it ignore unknown fields
     }
-    response = await client.post("/v1/chat/completions", json=body)
-    response.raise_for_status()
-    usage = response.json()["usage"]
-    return usage["prompt_tokens"], usage["completion_tokens"]
+    sent = time.perf_counter()
+    arrivals: list[float] = []
+    usage = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            usage = chunk.get("usage") or usage
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                arrivals.append(time.perf_counter())
+    first = arrivals[0] - sent if arrivals else float("nan")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    if usage is None:  # a server without stream_options: one streamed chunk per token
+        return Answer(0, len(arrivals), first, gaps)
+    return Answer(usage["prompt_tokens"], usage["completion_tokens"], first, gaps)
 
 
 async def _measure_http(
@@ -208,13 +250,15 @@ async def _measure_http(
     concurrency: int,
     max_tokens: int,
     meter: OtherCpu,
-) -> tuple[list[tuple[int, int]], float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+) -> tuple[list[Answer], float]:
+    # A connection per request: llama-server closes a kept-alive connection after a few
+    # requests, and a request sent on it just then fails ("Server disconnected").
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=600.0, limits=limits) as client:
         await _chat(client, model, chats(prompts[:1])[0], max_tokens)  # warm-up
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(messages: list[dict[str, str]]) -> tuple[int, int]:
+        async def one(messages: list[dict[str, str]]) -> Answer:
             async with gate:
                 return await _chat(client, model, messages, max_tokens)
 
@@ -237,18 +281,20 @@ def measure_http(
     ``server_group``: the server's process group; None for a server started elsewhere."""
     log(f"{side}: {len(prompts)} requests, {concurrency} in flight")
     meter = OtherCpu(server_group)
-    counts, seconds = asyncio.run(
+    answers, seconds = asyncio.run(
         _measure_http(base_url, model, prompts, concurrency, max_tokens, meter)
     )
     result = Result(
         side,
         concurrency,
-        len(counts),
-        sum(p for p, _ in counts),
-        sum(c for _, c in counts),
+        len(answers),
+        sum(a.prompt_tokens for a in answers),
+        sum(a.completion_tokens for a in answers),
         seconds,
-        sum(c < max_tokens for _, c in counts),
+        sum(a.completion_tokens < max_tokens for a in answers),
         meter.share if server_group is not None else None,
+        tuple(a.first_token_s for a in answers),
+        tuple(gap for a in answers for gap in a.gaps_s),
     )
     report(result)
     return result
@@ -282,28 +328,89 @@ def run_llamacpp(args, config: llamacpp_peer.LlamaCppConfig, side: str, logs: Pa
 def run_llama_server(
     args, config: llamacpp_peer.LlamaServerConfig, side: str, logs: Path
 ) -> list[Result]:
+    with ExitStack() as stack:
+        server = start_llama_server(args, config, side, args.gguf, logs, stack)
+        return measure_server(side, server.base_url, server.model, args, server.group)
+
+
+@dataclass(frozen=True)
+class Server:
+    """An HTTP side that is up: where it answers and its process group (None: not ours)."""
+
+    side: str
+    base_url: str
+    model: str
+    group: int | None
+
+
+def start_llama_server(
+    args, config: llamacpp_peer.LlamaServerConfig, side: str, gguf: Path, logs: Path, stack
+) -> Server:
     port = llamacpp_peer.free_port()
     command = llamacpp_peer.llama_server_command(
-        args.llama_server, args.gguf, port, args.concurrency, config
+        args.llama_server, gguf, port, args.concurrency, config
     )
     base_url = f"http://127.0.0.1:{port}"
-    log(f"{side}: starting llama-server ({config.name}: {' '.join(config.flags)})")
-    with llamacpp_peer.running_server(
-        command, f"{base_url}/health", logs / f"llama-server-{port}.log"
-    ) as server:
-        return measure_server(side, base_url, llamacpp_peer.MODEL_ALIAS, args, server.pid)
+    log(f"{side}: starting llama-server on {gguf.name} ({config.name}: {' '.join(config.flags)})")
+    process = stack.enter_context(
+        llamacpp_peer.running_server(command, f"{base_url}/health", logs / f"ls-{port}.log")
+    )
+    return Server(side, base_url, llamacpp_peer.MODEL_ALIAS, process.pid)
 
 
-def run_ours(args, logs: Path) -> list[Result]:
+def start_ours(args, logs: Path, stack) -> Server:
     if args.ours_url:
-        return measure_server("ours", args.ours_url.rstrip("/"), args.ours_model, args)
+        return Server("ours", args.ours_url.rstrip("/"), args.ours_model, None)
     port = llamacpp_peer.free_port()
     base_url = f"http://127.0.0.1:{port}"
     log(f"ours: starting {args.ours_cmd.format(port=port)!r}")
-    with llamacpp_peer.running_server(
-        args.ours_cmd.format(port=port), f"{base_url}/health", logs / f"ours-{port}.log"
-    ) as server:
-        return measure_server("ours", base_url, args.ours_model, args, server.pid)
+    process = stack.enter_context(
+        llamacpp_peer.running_server(
+            args.ours_cmd.format(port=port), f"{base_url}/health", logs / f"ours-{port}.log"
+        )
+    )
+    return Server("ours", base_url, args.ours_model, process.pid)
+
+
+def start_servers(args, logs: Path, stack) -> list[Server]:
+    """llama-server on the GGUF in each asked type (the shipped Q4_1; BF16 and F32 made
+    from it by llama-quantize: the same weights), then ours; all up at once, measured in
+    turn (an idle server uses no CPU, and each phase reports other processes' share)."""
+    servers = []
+    if args.llama_server:
+        for type_name in args.llama_server_types:
+            gguf = llamacpp_peer.gguf_of_type(args.gguf, type_name, args.llama_server)
+            side = f"llama-server {type_name}"
+            config = llamacpp_peer.LLAMA_SERVER_BEST
+            servers.append(start_llama_server(args, config, side, gguf, logs, stack))
+    if args.ours_url or args.ours_cmd:
+        servers.append(start_ours(args, logs, stack))
+    return servers
+
+
+def measure_rounds(servers: Sequence[Server], args) -> list[Result]:
+    """Every server at 1 and at ``--concurrency`` in flight, ``--rounds`` times, the order of
+    the servers rotated each round (the box's speed drifts over minutes)."""
+    prompts = PROMPTS[: args.requests]
+    results = []
+    for index in range(args.rounds):
+        shift = index % len(servers)
+        order = [*servers[shift:], *servers[:shift]]
+        log(f"round {index + 1}/{args.rounds}: {', '.join(s.side for s in order)}")
+        for level in sorted({1, args.concurrency}):
+            for server in order:
+                measure = partial(
+                    measure_http,
+                    server.side,
+                    server.base_url,
+                    server.model,
+                    prompts,
+                    level,
+                    args.max_tokens,
+                    server.group,
+                )
+                results.append(measure_clean(measure, args.retries))
+    return results
 
 
 # --- in-process sides (naive model.generate) --------------------------------------------------
@@ -377,7 +484,7 @@ def table(results: Sequence[Result], concurrency: int, max_tokens: int) -> str:
     header = (
         f"{'side':<{width}} {'conc':>4} {'reqs':>4} {'prompt tok':>10} {'gen tok':>7} "
         f"{'early':>5} {'seconds':>7} {'tok/s':>7} {'x naive':>7} {'x llama.cpp':>11} "
-        f"{'other CPU':>9}"
+        f"{'TTFT p50/p99 ms':>15} {'ITL p50/p99 ms':>14} {'other CPU':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -387,13 +494,55 @@ def table(results: Sequence[Result], concurrency: int, max_tokens: int) -> str:
         lines.append(
             f"{r.side:<{width}} {r.concurrency:>4} {r.requests:>4} {r.prompt_tokens:>10} "
             f"{r.tokens:>7} {r.stopped_early:>5} {r.seconds:>7.2f} {r.rate:>7.1f} "
-            f"{vs_naive:>7} {vs_peer:>11} {other:>9}"
+            f"{vs_naive:>7} {vs_peer:>11} {_p50_p99(r.first_token_s):>15} "
+            f"{_p50_p99(r.inter_token_s):>14} {other:>9}"
         )
     lines.append(
         "conc: requests in flight (naive: prompts per generate call); early: requests that "
-        f"stopped before {max_tokens} tokens; other CPU: other processes' share of the "
-        f"machine's CPU during the phase (over {BUSY:.0%}: the figure is low)"
+        f"stopped before {max_tokens} tokens; TTFT: time to first token; ITL: time between "
+        "streamed tokens; other CPU: other processes' share of the machine's CPU during the "
+        f"phase (over {BUSY:.0%}: the figure is low)"
     )
+    return "\n".join(lines)
+
+
+def _p50_p99(seconds: Sequence[float]) -> str:
+    if not seconds:
+        return "-"
+    return f"{1000 * percentile(seconds, 0.5):.0f}/{1000 * percentile(seconds, 0.99):.0f}"
+
+
+def summary(results: Sequence[Result], concurrency: int) -> str:
+    """Per side and level: the median rate with its range over the rounds, latency
+    percentiles over all rounds' requests; then ours over each other side, per round."""
+    sides = list(dict.fromkeys(r.side for r in results))
+    lines = [
+        "| side | in flight | tokens/s median [min, max] | TTFT p50/p99 ms | ITL p50/p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for level in sorted({1, concurrency}):
+        for side in sides:
+            runs = [r for r in results if r.side == side and r.concurrency == level]
+            if not runs:
+                continue
+            first = [t for r in runs for t in r.first_token_s]
+            gaps = [t for r in runs for t in r.inter_token_s]
+            lines.append(
+                f"| {side} | {level} | {rounds.spread([r.rate for r in runs], 1)} "
+                f"| {_p50_p99(first)} | {_p50_p99(gaps)} |"
+            )
+    lines += ["", "| ours over | in flight | ratio median [min, max] |", "|---|---|---|"]
+    for level in sorted({1, concurrency}):
+        ours = [r for r in results if r.side == "ours" and r.concurrency == level]
+        for side in sides:
+            theirs = [r for r in results if r.side == side and r.concurrency == level]
+            if side == "ours" or not ours or not theirs:
+                continue
+            if len(theirs) == len(ours):  # measured in the same rounds: ratio per round
+                ratios = [o.rate / t.rate for o, t in zip(ours, theirs, strict=True)]
+            else:  # a reference line measured once
+                ratios = [o.rate / theirs[0].rate for o in ours]
+            lines.append(f"| {side} | {level} | {rounds.spread(ratios)}x |")
     return "\n".join(lines)
 
 
@@ -422,6 +571,20 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         help="llama.cpp's own llama-server binary (make install-bench-llamaserver): adds it as "
         f"a side, slots = --concurrency (default binary: {llamacpp_peer.DEFAULT_LLAMA_SERVER})",
+    )
+    parser.add_argument(
+        "--llama-server-types",
+        type=lambda text: text.split(","),
+        default=["Q4_1", "BF16"],
+        help="GGUF types llama-server runs, each its own side: Q4_1 is the shipped file, the "
+        "others are made from it by llama-quantize (same weights; default: Q4_1,BF16)",
+    )
+    parser.add_argument("--logs", type=Path, help="keep the servers' logs here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the HTTP sides this often, their order rotated each round",
     )
     parser.add_argument(
         "--sweep-llama-server",
@@ -454,7 +617,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()  # keep the log to one line per phase
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
-        logs = Path(tmp)
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         if args.sweep_llama_server:
             args.llama_server = args.llama_server or llamacpp_peer.DEFAULT_LLAMA_SERVER
             for config in llamacpp_peer.LLAMA_SERVER_CONFIGS.values():
@@ -475,13 +639,14 @@ def main() -> None:
             results += run_naive(args, policy_path(args.store, logs / "store"))
         if not args.skip_llamacpp:
             results += run_llamacpp(args, llamacpp_peer.BEST, "llama.cpp", logs)
-        if args.llama_server:
-            best = llamacpp_peer.LLAMA_SERVER_BEST
-            results += run_llama_server(args, best, "llama-server", logs)
-        if args.ours_url or args.ours_cmd:
-            results += run_ours(args, logs)
+        with ExitStack() as stack:
+            servers = start_servers(args, logs, stack)
+            if servers:
+                results += measure_rounds(servers, args)
     print()
     print(table(results, args.concurrency, args.max_tokens))
+    print()
+    print(summary(results, args.concurrency))
     if not args.skip_llamacpp:
         best = llamacpp_peer.BEST
         print(f"llama.cpp config: {best.name}: flags {best.flags}, env {best.env}")

@@ -68,6 +68,7 @@ BEST = CONFIGS["2 threads, spin, last logits"]
 # --- llama.cpp's own llama-server (tools/build-llama-server.sh) --------------------------------
 
 DEFAULT_LLAMA_SERVER = Path(".bench/llama-server/llama-server")
+GGUF_DIR = Path(".bench/gguf")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,31 @@ def llama_server_command(
     command += ["-np", str(slots), "-c", str(slots * ctx_per_slot), "-a", MODEL_ALIAS]
     command += ["--no-webui", *config.flags]
     return command
+
+
+def gguf_of_type(source: Path, type_name: str, llama_server: Path) -> Path:
+    """``source`` (the shipped Q4_1 GGUF) itself, or rewritten as ``type_name`` (BF16, F32,
+    ...) by the llama-quantize built beside ``llama_server``: the same weights, dequantized,
+    so llama.cpp can be compared at the precision ours computes in. Made once, kept in
+    ``.bench/gguf/``."""
+    if type_name.upper() == "Q4_1":
+        return source
+    target = GGUF_DIR / f"{source.stem.rsplit('.', 1)[0]}.{type_name.upper()}.gguf"
+    if target.is_file():
+        return target
+    quantize = llama_server.parent / "llama-quantize"
+    if not quantize.is_file():
+        raise FileNotFoundError(f"{quantize} is missing: make install-bench-llamaserver")
+    GGUF_DIR.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    subprocess.run(
+        [str(quantize), "--allow-requantize", str(source), str(partial), type_name.upper()],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    partial.rename(target)
+    return target
 
 
 def free_port() -> int:

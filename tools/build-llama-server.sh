@@ -7,7 +7,10 @@
 # /proc/cpuinfo lists set explicitly (GGML_NATIVE=OFF) and AMX always off: -march=native
 # builds died with "Illegal instruction" on a VM that advertises AMX it does not allow.
 #
-#   tools/build-llama-server.sh            -> .bench/llama-server/llama-server
+# llama-quantize comes with it: it rewrites the base model's Q4_1 GGUF as BF16 and F32 (the
+# same weights, dequantized), so the benchmark can also compare at equal precision.
+#
+#   tools/build-llama-server.sh   -> .bench/llama-server/llama-server, .../llama-quantize
 set -euo pipefail
 
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
@@ -17,7 +20,7 @@ SRC=$ROOT/src/llama_cpp_python-$VERSION
 BUILD=$ROOT/build-llama-server
 PYTHON=${PYTHON:-python3}
 
-if [ -x "$OUT/llama-server" ]; then
+if [ -x "$OUT/llama-server" ] && [ -x "$OUT/llama-quantize" ]; then
     echo "llama-server: already built ($OUT/llama-server)"
     exit 0
 fi
@@ -40,7 +43,7 @@ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$ROOT/cmake-configure.log"
-nice -n 10 cmake --build "$BUILD" --target llama-server -j "${JOBS:-2}" >"$ROOT/cmake-build.log"
-cp "$BUILD/bin/llama-server" "$OUT/llama-server"
+nice -n 10 cmake --build "$BUILD" --target llama-server llama-quantize -j "${JOBS:-2}" >"$ROOT/cmake-build.log"
+cp "$BUILD/bin/llama-server" "$BUILD/bin/llama-quantize" "$OUT/"
 "$OUT/llama-server" --version 2>&1 | head -2
 echo "llama-server: built ($OUT/llama-server)"
