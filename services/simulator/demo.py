@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # about a core-second, so often only while traffic must stop quickly.
 _RUN_POLL_S = 5
 _TRAINING_POLL_S = 15
+_SNAPSHOT_ATTEMPTS = 3  # traffic rounds a demo round gives a trainer that waits for more
 _JUDGED_AT_ONCE = 8  # concurrent held-out requests while judging
 _JUDGE_RATE_LIMIT = 600.0  # requests per minute (and burst) of a judge's key
 
@@ -104,10 +105,17 @@ class Demo:
 
     def _round(self, number: int, labelers, judge_client, baseline: list[str]) -> None:
         s = self.settings
-        before = {r["id"] for r in self.stack.runs()}
         started = time.monotonic()
-        traffic_s = self._traffic(number, labelers, before)
-        run = self._wait_for_run(before, number)
+        traffic_s = 0.0
+        for _attempt in range(_SNAPSHOT_ATTEMPTS):
+            before = {r["id"] for r in self.stack.runs()}
+            traffic_s += self._traffic(number, labelers, before)
+            run = self._wait_for_run(before, number)
+            if not _waits_for_comparisons(run):
+                break
+            # As in production, the trainer stopped at its snapshot to wait for more
+            # comparisons (too few held-out groups to gate on): users keep coming.
+            print(f"round {number}: {run['reason']}; more traffic", flush=True)
         serving = self._wait_until_serving(judge_client)
         answers = self._answers(judge_client)
         preference = judged_preference(
@@ -294,6 +302,12 @@ class Demo:
             + ablation_table(arms)
             + "\n"
         )
+
+
+def _waits_for_comparisons(run: dict) -> bool:
+    """The run stopped at its snapshot, which the trainer does while too few comparisons (or
+    held-out groups) have arrived; it starts again once more have."""
+    return run["status"] == "rejected" and (run["reason"] or "").startswith("snapshot:")
 
 
 def _agreement_section(agreed: PanelAgreement) -> str:

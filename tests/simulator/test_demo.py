@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from services.common.registry import ModelRegistry
+from services.simulator import demo
 from tests.harness import STACK_PORT_VARIABLES, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,3 +58,10 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
         assert (report.parent / plot).stat().st_size > 5000
     # Everything the demo started is stopped again.
     assert not list((data_dir / "stack" / "run").glob("*.json"))
+
+
+def test_a_run_stopped_at_its_snapshot_gets_more_traffic_any_other_ending_does_not():
+    waiting = {"status": "rejected", "reason": "snapshot: 2 held-out groups < 3: too few"}
+    assert demo._waits_for_comparisons(waiting)
+    assert not demo._waits_for_comparisons({"status": "rejected", "reason": "rm_gate: 0.4"})
+    assert not demo._waits_for_comparisons({"status": "succeeded", "reason": None})
