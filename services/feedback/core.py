@@ -20,6 +20,7 @@ from services.feedback.errors import RefusalKind, Refused
 from services.feedback.relay import OutboxRelay
 from services.feedback.settings import FeedbackSettings
 from services.feedback.store import database, export, feedback, interactions, outbox
+from services.feedback.store.batch_votes import VotesAhead
 from services.feedback.store.feedback import Accepted, Credential, FeedbackCommand, Kind, Owned
 from services.feedback.store.interactions import NewInteraction, ServedCache
 from services.feedback.store.rawsql import RawSql
@@ -45,12 +46,15 @@ class FeedbackCore:
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self.revoked = RevokedKeys(self.redis, settings.revocation_refresh_s)
         self._cache = ServedCache()
+        self._votes = VotesAhead()
         self._write_engine = database.make_engine(url, writer=True)
         self.writer = StoreWriter(
             self._write_engine,
             max_batch=settings.write_max_batch,
             after_commit=self._wake_relay,
-            read_ahead=lambda conn, commands: feedback.read_ahead(conn, commands, self._cache),
+            read_ahead=lambda conn, commands: feedback.read_ahead(
+                conn, commands, self._cache, self._votes
+            ),
         )
         self.checkpointer = database.Checkpointer(url, settings.checkpoint_interval_s)
         self.relay = OutboxRelay(
@@ -86,7 +90,13 @@ class FeedbackCore:
         try:
             accepted = await self.writer.run(
                 lambda conn, now: feedback.apply(
-                    conn, command, now=now, ttl=self.ttl, cache=self._cache, revoked=self.revoked
+                    conn,
+                    command,
+                    now=now,
+                    ttl=self.ttl,
+                    cache=self._cache,
+                    revoked=self.revoked,
+                    votes=self._votes,
                 ),
                 read_ahead=command,
             )
