@@ -36,6 +36,9 @@ Sides:
 - llama-server: llama.cpp's own server, as many parallel slots as ``--concurrency``, on the
   shipped Q4_1 GGUF and on the same weights rewritten as BF16 by ``llama-quantize`` (ours
   serves bf16: the equal-precision peer).
+- transformers serve (``--transformers-serve``): transformers' own OpenAI server with
+  continuous batching (paged attention) on policy/v0 in bf16. It refuses unknown fields, so
+  its requests carry no ``ignore_eos`` and it may stop early (the table says how often).
 - ours: any OpenAI-compatible ``/v1/chat/completions`` (``--ours-url``, or ``--ours-cmd``,
   which is started here, waited for on ``GET /health`` and stopped), measured exactly like
   llama.cpp; requests carry ``ignore_eos: true`` (ignored by servers that lack it).
@@ -52,6 +55,7 @@ import gc
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -211,9 +215,15 @@ class Answer:
 
 
 async def _chat(
-    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], max_tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    ignore_eos: bool = True,
 ) -> Answer:
-    """One streamed greedy chat completion; token counts from its final usage chunk."""
+    """One streamed greedy chat completion; token counts from its final usage chunk.
+    ``ignore_eos``: vLLM's extension, which llama.cpp and ours take; `transformers serve`
+    refuses fields it does not know, so its requests go without."""
     body = {
         "model": model,
         "messages": messages,
@@ -221,8 +231,9 @@ async def _chat(
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,  # vLLM's extension; servers without it ignore unknown fields
     }
+    if ignore_eos:
+        body["ignore_eos"] = True
     sent = time.perf_counter()
     arrivals: list[float] = []
     usage = None
@@ -250,17 +261,18 @@ async def _measure_http(
     concurrency: int,
     max_tokens: int,
     meter: OtherCpu,
+    ignore_eos: bool = True,
 ) -> tuple[list[Answer], float]:
     # A connection per request: llama-server closes a kept-alive connection after a few
     # requests, and a request sent on it just then fails ("Server disconnected").
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=600.0, limits=limits) as client:
-        await _chat(client, model, chats(prompts[:1])[0], max_tokens)  # warm-up
+        await _chat(client, model, chats(prompts[:1])[0], max_tokens, ignore_eos)  # warm-up
         gate = asyncio.Semaphore(concurrency)
 
         async def one(messages: list[dict[str, str]]) -> Answer:
             async with gate:
-                return await _chat(client, model, messages, max_tokens)
+                return await _chat(client, model, messages, max_tokens, ignore_eos)
 
         with meter:
             started = time.perf_counter()
@@ -276,13 +288,14 @@ def measure_http(
     concurrency: int,
     max_tokens: int,
     server_group: int | None,
+    ignore_eos: bool = True,
 ) -> Result:
     """Send every prompt with at most ``concurrency`` requests in flight (1: sequential).
     ``server_group``: the server's process group; None for a server started elsewhere."""
     log(f"{side}: {len(prompts)} requests, {concurrency} in flight")
     meter = OtherCpu(server_group)
     answers, seconds = asyncio.run(
-        _measure_http(base_url, model, prompts, concurrency, max_tokens, meter)
+        _measure_http(base_url, model, prompts, concurrency, max_tokens, meter, ignore_eos)
     )
     result = Result(
         side,
@@ -341,6 +354,7 @@ class Server:
     base_url: str
     model: str
     group: int | None
+    ignore_eos: bool = True
 
 
 def start_llama_server(
@@ -383,9 +397,37 @@ def start_servers(args, logs: Path, stack) -> list[Server]:
             side = f"llama-server {type_name}"
             config = llamacpp_peer.LLAMA_SERVER_BEST
             servers.append(start_llama_server(args, config, side, gguf, logs, stack))
+    if args.transformers_serve:
+        servers.append(start_transformers_serve(args, logs, stack))
     if args.ours_url or args.ours_cmd:
         servers.append(start_ours(args, logs, stack))
     return servers
+
+
+def start_transformers_serve(args, logs: Path, stack) -> Server:
+    """`transformers serve` with continuous batching on policy/v0, in bf16 as ours serves."""
+    port = llamacpp_peer.free_port()
+    path = policy_path(args.store, logs / "store")
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(path),
+        "--continuous-batching",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    log("transformers serve: starting (continuous batching, bf16)")
+    process = stack.enter_context(
+        llamacpp_peer.running_server(command, f"{base_url}/health", logs / f"ts-{port}.log")
+    )
+    return Server("transformers serve", base_url, str(path), process.pid, ignore_eos=False)
 
 
 def measure_rounds(servers: Sequence[Server], args) -> list[Result]:
@@ -408,6 +450,7 @@ def measure_rounds(servers: Sequence[Server], args) -> list[Result]:
                     level,
                     args.max_tokens,
                     server.group,
+                    server.ignore_eos,
                 )
                 results.append(measure_clean(measure, args.retries))
     return results
@@ -580,6 +623,11 @@ def parse_args() -> argparse.Namespace:
         "others are made from it by llama-quantize (same weights; default: Q4_1,BF16)",
     )
     parser.add_argument("--logs", type=Path, help="keep the servers' logs here")
+    parser.add_argument(
+        "--transformers-serve",
+        action="store_true",
+        help="add `transformers serve --continuous-batching` (bf16) on policy/v0 as a side",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
