@@ -43,8 +43,7 @@ class PackedLinear:
     """``x @ cat(weights).T`` with the concatenated weight packed once for oneDNN."""
 
     def __init__(self, weights: Sequence[torch.Tensor]) -> None:
-        fused = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0]
-        self.out_features = fused.shape[0]
+        fused = torch.cat(list(weights)) if len(weights) > 1 else weights[0]
         self._packed = torch.ops.mkldnn._reorder_linear_weight(fused.detach().contiguous(), None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
