@@ -15,13 +15,17 @@ them); llama-cpp-python's server handles one request at a time, so its 16-in-fli
 measures queueing, not batching: llama-server is the fair peer at 16 in flight.
 
 Workload: 16 single-turn chat prompts (the model's chat template with its generation prompt),
-64 new tokens each, greedy. Aggregate tokens/s = tokens generated / wall seconds of the phase.
-Every side gets one warm-up request first, not counted. The sides run one after another,
-never together: the box has 2 cores. The HTTP sides (llama-server in each GGUF type, ours)
-are up at once but measured in turn, idle otherwise (each phase reports other processes'
-CPU), their order rotated every round (``--rounds``); requests stream, so each phase also
-gives time to first token and the gaps between streamed tokens (p50/p99), and the summary
-gives medians over the rounds with their range and ours' ratio over each side per round.
+64 new tokens each, greedy. Each HTTP request's user message starts with a tag no other request
+has (``[17] Write a short story...``), so a server's prompt cache can reuse only what real
+chats share, the chat template's system turn, and never a whole prompt it saw in an earlier
+round (``--same-prompts`` sends the bare prompts every round instead). Aggregate tokens/s =
+tokens generated / wall seconds of the phase. Every side gets one warm-up request first, not
+counted. The sides run one after another, never together: the box has 2 cores. The HTTP sides
+(llama-server in each GGUF type, ours) are up at once but measured in turn, idle otherwise
+(each phase reports other processes' CPU), their order rotated every round (``--rounds``);
+requests stream, so each phase also gives time to first token and the gaps between streamed
+tokens (p50/p99), and the summary gives medians over the rounds with their range and ours'
+ratio over each side per round.
 
 Sides:
 - naive: policy/v0 (SmolLM2-135M-Instruct, fp32, CPU) from the model store, ``model.generate``
@@ -203,6 +207,15 @@ def chats(prompts: Sequence[str]) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": text}] for text in prompts]
 
 
+_REQUEST_TAGS = itertools.count(1)
+
+
+def distinct(prompts: Sequence[str]) -> list[str]:
+    """The prompts, each opened by a tag used once in this process: only the chat template's
+    beginning stays shared between requests, as between real users' chats."""
+    return [f"[{next(_REQUEST_TAGS)}] {text}" for text in prompts]
+
+
 # --- HTTP sides (llama.cpp, ours) -------------------------------------------------------------
 
 
@@ -262,12 +275,16 @@ async def _measure_http(
     max_tokens: int,
     meter: OtherCpu,
     ignore_eos: bool = True,
+    fresh: bool = True,
 ) -> tuple[list[Answer], float]:
     # A connection per request: llama-server closes a kept-alive connection after a few
     # requests, and a request sent on it just then fails ("Server disconnected").
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=600.0, limits=limits) as client:
-        await _chat(client, model, chats(prompts[:1])[0], max_tokens, ignore_eos)  # warm-up
+        warm_up, prompts = (
+            (distinct(prompts[:1]), distinct(prompts)) if fresh else (prompts[:1], prompts)
+        )
+        await _chat(client, model, chats(warm_up)[0], max_tokens, ignore_eos)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(messages: list[dict[str, str]]) -> Answer:
@@ -289,13 +306,15 @@ def measure_http(
     max_tokens: int,
     server_group: int | None,
     ignore_eos: bool = True,
+    fresh: bool = True,
 ) -> Result:
     """Send every prompt with at most ``concurrency`` requests in flight (1: sequential).
-    ``server_group``: the server's process group; None for a server started elsewhere."""
+    ``server_group``: the server's process group; None for a server started elsewhere.
+    ``fresh``: each request's prompt opened by its own tag (``distinct``)."""
     log(f"{side}: {len(prompts)} requests, {concurrency} in flight")
     meter = OtherCpu(server_group)
     answers, seconds = asyncio.run(
-        _measure_http(base_url, model, prompts, concurrency, max_tokens, meter, ignore_eos)
+        _measure_http(base_url, model, prompts, concurrency, max_tokens, meter, ignore_eos, fresh)
     )
     result = Result(
         side,
@@ -320,7 +339,17 @@ def measure_server(
     prompts = PROMPTS[: args.requests]
     return [
         measure_clean(
-            partial(measure_http, side, base_url, model, prompts, level, args.max_tokens, group),
+            partial(
+                measure_http,
+                side,
+                base_url,
+                model,
+                prompts,
+                level,
+                args.max_tokens,
+                group,
+                fresh=not args.same_prompts,
+            ),
             args.retries,
         )
         for level in sorted({1, args.concurrency})
@@ -372,18 +401,24 @@ def start_llama_server(
     return Server(side, base_url, llamacpp_peer.MODEL_ALIAS, process.pid)
 
 
-def start_ours(args, logs: Path, stack) -> Server:
+def start_ours(args, logs: Path, stack, variant: str = "") -> Server:
+    """Ours; a ``variant`` ("NAME:VAR=VALUE ...") runs ``--ours-cmd`` with those variables
+    set, as the side "ours NAME" (a setting's effect, measured in the same rounds)."""
     if args.ours_url:
         return Server("ours", args.ours_url.rstrip("/"), args.ours_model, None)
+    side, command = "ours", args.ours_cmd
+    if variant:
+        name, _, assignments = variant.partition(":")
+        side, command = f"ours {name}", f"env {assignments} {command}"
     port = llamacpp_peer.free_port()
     base_url = f"http://127.0.0.1:{port}"
-    log(f"ours: starting {args.ours_cmd.format(port=port)!r}")
+    log(f"{side}: starting {command.format(port=port)!r}")
     process = stack.enter_context(
         llamacpp_peer.running_server(
-            args.ours_cmd.format(port=port), f"{base_url}/health", logs / f"ours-{port}.log"
+            command.format(port=port), f"{base_url}/health", logs / f"ours-{port}.log"
         )
     )
-    return Server("ours", base_url, args.ours_model, process.pid)
+    return Server(side, base_url, args.ours_model, process.pid)
 
 
 def start_servers(args, logs: Path, stack) -> list[Server]:
@@ -401,6 +436,8 @@ def start_servers(args, logs: Path, stack) -> list[Server]:
         servers.append(start_transformers_serve(args, logs, stack))
     if args.ours_url or args.ours_cmd:
         servers.append(start_ours(args, logs, stack))
+    if args.ours_cmd:
+        servers.extend(start_ours(args, logs, stack, variant) for variant in args.ours_variant)
     return servers
 
 
@@ -451,6 +488,7 @@ def measure_rounds(servers: Sequence[Server], args) -> list[Result]:
                     args.max_tokens,
                     server.group,
                     server.ignore_eos,
+                    fresh=not args.same_prompts,
                 )
                 results.append(measure_clean(measure, args.retries))
     return results
@@ -597,10 +635,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=16, choices=range(1, len(PROMPTS) + 1))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--same-prompts",
+        action="store_true",
+        help="send the bare prompts every time (servers' prompt caches then hold whole "
+        "prompts from earlier rounds) instead of opening each with its own tag",
+    )
     ours = parser.add_mutually_exclusive_group()
     ours.add_argument("--ours-url", help="a running OpenAI-compatible server of ours")
     ours.add_argument("--ours-cmd", help="shell command that serves ours on {port}")
     parser.add_argument("--ours-model", default="policy", help="the model field of requests")
+    parser.add_argument(
+        "--ours-variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE...",
+        help="also run --ours-cmd with these environment variables, as the side 'ours NAME' "
+        "(e.g. 'no-prefix-cache:FLYWHEEL_ENGINE_PREFIX_CACHE_MB=0'); repeatable",
+    )
     parser.add_argument(
         "--retries",
         type=int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.inference_throughput import Result, percentile, summary
+from benchmarks.inference_throughput import Result, distinct, percentile, summary
 
 
 def result(side: str, concurrency: int, rate: float, first=(), gaps=()) -> Result:
@@ -30,3 +30,12 @@ def test_ratios_pair_the_rounds_and_a_line_measured_once_is_divided_into_each():
     # naive ran once: each of ours' rounds over it.
     assert "| naive | 1 | 2.75 [2.50, 3.00]x |" in table
     assert "| peer | 1 | 45.0 [40.0, 50.0] | 20/40 | 10/10 |" in table
+
+
+def test_each_request_opens_with_its_own_tag_so_only_the_chat_template_is_shared():
+    first = distinct(["Explain rain.", "Explain snow."])
+    again = distinct(["Explain rain."])
+    assert first[0].endswith(" Explain rain.") and first[1].endswith(" Explain snow.")
+    # The same text sent again is another prompt: a server cannot serve it from its cache.
+    assert len({first[0], first[1], again[0]}) == 3
+    assert all(text.startswith("[") for text in first + again)

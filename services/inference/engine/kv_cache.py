@@ -71,9 +71,30 @@ class BatchCache(Cache):
     def __init__(self, num_layers: int) -> None:
         super().__init__(layers=[GrowableLayer() for _ in range(num_layers)])
 
+    @classmethod
+    def starting_with(cls, keys: torch.Tensor, values: torch.Tensor, room: int) -> BatchCache:
+        """A cache already holding ``keys`` and ``values`` ((layers, rows, kv heads, columns,
+        head dim): a cached prompt prefix), with space for ``room`` more columns."""
+        cache = cls(keys.shape[0])
+        length = keys.shape[-2]
+        for layer, layer_keys, layer_values in zip(cache.layers, keys, values, strict=True):
+            layer.set_storage(
+                _with_room(layer_keys, length + room + SPARE_COLUMNS),
+                _with_room(layer_values, length + room + SPARE_COLUMNS),
+                length,
+            )
+        return cache
+
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def row_columns(self, row: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one row's columns [start, stop) in every layer: (layers, kv
+        heads, stop - start, head dim) each."""
+        keys = torch.stack([layer.storage()[0][row, :, start:stop] for layer in self.layers])
+        values = torch.stack([layer.storage()[1][row, :, start:stop] for layer in self.layers])
+        return keys, values
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         for layer in self.layers:

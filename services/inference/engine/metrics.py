@@ -76,6 +76,14 @@ INTER_TOKEN_LATENCY = Histogram(
 CANCELLED = Gauge(
     "flywheel_engine_requests_cancelled", "Requests dropped because the client left (a counter)."
 )
+PREFIX_CACHE_HIT_TOKENS = Gauge(
+    "flywheel_engine_prefix_cache_hit_tokens",
+    "Prompt tokens whose keys and values came from the prefix cache instead of a prefill pass "
+    "(a counter; against tgi_request_input_length_sum it gives the hit rate).",
+)
+PREFIX_CACHE_TOKENS = Gauge(
+    "flywheel_engine_prefix_cache_tokens", "Prompt tokens the prefix cache holds now."
+)
 SERVING = Gauge(
     "flywheel_engine_model_serving", "1 for the policy version serving now.", ["version"]
 )

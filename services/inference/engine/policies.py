@@ -17,6 +17,7 @@ from services.common.model_host import ModelHost
 from services.common.model_loading import load_causal_lm, pick_device, resolve_precision
 from services.common.registry import ModelRegistry, VersionInfo
 from services.inference.engine import metrics
+from services.inference.engine.prefix_cache import PrefixCache
 from services.inference.engine.scheduler import LoadedPolicy
 from services.rlhf import llama_decode
 
@@ -33,11 +34,13 @@ class PolicyHolder:
         precision: str = "auto",
         *,
         fast_decode: bool = True,
+        prefix_cache_mb: int = 0,
     ):
         self.registry = registry
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.fast_decode = fast_decode
+        self.prefix_cache_bytes = prefix_cache_mb * 2**20
         self._host = ModelHost(
             registry,
             ROLE,
@@ -77,4 +80,5 @@ class PolicyHolder:
             eos_token_ids=frozenset(eos_ids),
             loaded_at=datetime.now(UTC),
             decode_step=llama_decode.build(model) if self.fast_decode else None,
+            prefix_cache=PrefixCache.for_model(model.config, dtype, self.prefix_cache_bytes),
         )

@@ -41,6 +41,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from services.inference.engine import metrics
 from services.inference.engine.detokenize import IncrementalDecoder
 from services.inference.engine.kv_cache import BatchCache
+from services.inference.engine.prefix_cache import NO_PREFIX, PrefixCache
 from services.inference.engine.sampling import SamplingParams, TokenChooser, greedy_tokens
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class LoadedPolicy:
     # The packed fused decode step (same tokens, fewer and faster kernels); None: the
     # model's own forward decodes too.
     decode_step: Callable[..., torch.Tensor] | None = None
+    # Keys and values of prompt beginnings read before, for this version's weights only.
+    prefix_cache: PrefixCache | None = None
 
     @property
     def device(self) -> torch.device:
@@ -328,18 +331,43 @@ class Scheduler:
         )
 
     def _prefill_pass(self, rows: list[_Row]) -> tuple[_Batch, torch.Tensor]:
-        """The prompts of ``rows`` in one left-padded pass: their batch and last logits."""
+        """The prompts of ``rows`` in one pass: their batch and last logits.
+
+        Each row's cached prefix (if the policy keeps a prefix cache) sits right-aligned in
+        the first columns of the batch's cache; the rest of its prompt, left-padded, follows
+        and is all the pass computes. Row i's columns: padding, its prefix, padding, the rest.
+        """
         policy = rows[0].request.policy
-        width = max(len(row.request.input_ids) for row in rows)
+        prompts = [row.request.input_ids for row in rows]
+        prefix_cache = policy.prefix_cache
+        prefixes = [prefix_cache.match(p) if prefix_cache else NO_PREFIX for p in prompts]
+        cached = max(prefix.length for prefix in prefixes)
+        rests = [prompt[prefix.length :] for prompt, prefix in zip(prompts, prefixes, strict=True)]
+        width = max(len(rest) for rest in rests)
         ids = torch.full((len(rows), width), 0, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):
-            prompt = row.request.input_ids
-            ids[index, width - len(prompt) :] = torch.tensor(prompt)
-            mask[index, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = BatchCache(policy.model.config.num_hidden_layers)
+        mask = torch.zeros((len(rows), cached + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, (rest, prefix) in enumerate(zip(rests, prefixes, strict=True)):
+            ids[index, width - len(rest) :] = torch.tensor(rest)
+            mask[index, cached - prefix.length : cached] = 1
+            mask[index, cached + width - len(rest) :] = 1
+            positions[index, width - len(rest) :] = torch.arange(
+                prefix.length, prefix.length + len(rest)
+            )
+        if cached:
+            keys, values = (t.to(policy.device) for t in prefix_cache.gather(prefixes, cached))
+            cache = BatchCache.starting_with(keys, values, width)
+            metrics.PREFIX_CACHE_HIT_TOKENS.inc(sum(prefix.length for prefix in prefixes))
+        else:
+            cache = BatchCache(policy.model.config.num_hidden_layers)
         logits = self._forward(policy, ids, mask, positions, cache)
+        if prefix_cache is not None:
+            for index, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
+                if prefix_cache.new_blocks(prompt, prefix):
+                    start = cached + width - (len(prompt) - prefix.length)
+                    keys, values = cache.row_columns(index, start, cached + width)
+                    prefix_cache.store(prompt, prefix, keys, values)
+            metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
         return _Batch(policy, rows, cache, mask), logits
 
     def _decode(self, batch: _Batch) -> None:

@@ -38,6 +38,7 @@ class EngineServer:
             settings.device,
             settings.precision,
             fast_decode=settings.fast_decode,
+            prefix_cache_mb=settings.prefix_cache_mb,
         )
         self.scheduler = Scheduler(
             max_batch_size=settings.max_batch_size,
