@@ -142,7 +142,8 @@ class FeedbackCore:
                     "no feedback event has this id",
                     event_id=event_id,
                 )
-            group = interactions.group_members(RawSql(conn), found["row"]["candidate_group"])
+            group_id = found["row"]["candidate_group"]
+            group = interactions.group_members(RawSql(conn), [group_id])[group_id]
         # The group shares one feedback token; the vote belongs to its rater's key.
         rater = found["row"]["rater_key_id"]
         owned = Owned(event_id, rater, group[0].feedback_token_hash)

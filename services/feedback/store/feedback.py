@@ -181,9 +181,9 @@ def _one_group(answers: list[Served]) -> str:
     return groups[0]
 
 
-def _check_ranking(sql: RawSql, command: FeedbackCommand, group: str) -> None:
+def _check_ranking(sql: RawSql, command: FeedbackCommand, group: str, cache: ServedCache) -> None:
     ranked = command.response_ids()
-    members = served_answers.group_members(sql, group)
+    members = served_answers.group_members(sql, [group], cache)[group]
     expected = members[0].candidate_count
     if len(members) < expected:
         raise Refused(
@@ -219,11 +219,22 @@ def read_ahead(
     conn: sa.Connection, commands: list[FeedbackCommand], cache: ServedCache, votes: VotesAhead
 ) -> None:
     """The answers a batch's votes name, in one query, into the cache ``apply`` reads first
-    (answers never change once stored, so reading them early is always right); then, on
-    PostgreSQL, the current votes of their groups (batch_votes.py). This turns network round
-    trips per vote into two per batch."""
+    (answers never change once stored, so reading them early is always right); the whole
+    groups its rankings rank (a ranking must place every answer of its group), for the groups
+    not known complete yet; then, on PostgreSQL, the current votes of their groups
+    (batch_votes.py). This turns network round trips per vote into two or three per batch."""
+    sql = RawSql(conn)
     wanted = {r for command in commands for r in command.response_ids()}
-    found = served_answers.served(RawSql(conn), sorted(wanted), cache)
+    found = served_answers.served(sql, sorted(wanted), cache)
+    ranked = {
+        found[r].candidate_group
+        for command in commands
+        if command.kind == "ranking"
+        for r in command.response_ids()[:1]
+        if r in found
+    }
+    if ranked:
+        served_answers.group_members(sql, sorted(ranked), cache)
     votes.load(conn, {answer.candidate_group for answer in found.values()})
 
 
@@ -420,7 +431,7 @@ def apply(
     _check_window(answers, now, ttl)
     group = _one_group(answers)
     if command.kind == "ranking":
-        _check_ranking(sql, command, group)
+        _check_ranking(sql, command, group, cache)
 
     # Every refusal is above this line: from here on the function only writes (the writer
     # relies on that to skip per-request savepoints).

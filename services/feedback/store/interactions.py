@@ -60,10 +60,14 @@ class Served:
 
 @dataclass
 class ServedCache:
-    """Interactions never change once stored, so the writer keeps recent ones in memory."""
+    """Interactions never change once stored, so the writer keeps recent ones in memory; and
+    a candidate group whose answers are all recorded never changes either (no answer may
+    take a place that is taken), so complete groups' member lists are kept too."""
 
     capacity: int = 50_000
+    group_capacity: int = 10_000
     _items: OrderedDict[str, Served] = field(default_factory=OrderedDict)
+    _groups: OrderedDict[str, list[Served]] = field(default_factory=OrderedDict)
 
     def get(self, response_id: str) -> Served | None:
         served = self._items.get(response_id)
@@ -75,6 +79,20 @@ class ServedCache:
         self._items[served.response_id] = served
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def complete_group(self, group: str) -> list[Served] | None:
+        members = self._groups.get(group)
+        if members is not None:
+            self._groups.move_to_end(group)
+        return members
+
+    def put_group(self, group: str, members: list[Served]) -> None:
+        """Keep ``members`` if they are the whole group (an incomplete one may still grow)."""
+        if not members or len(members) < members[0].candidate_count:
+            return
+        self._groups[group] = members
+        if len(self._groups) > self.group_capacity:
+            self._groups.popitem(last=False)
 
 
 def record(conn: sa.Connection, new: NewInteraction, now: datetime) -> bool:
@@ -167,9 +185,30 @@ def served(sql: RawSql, response_ids: Iterable[str], cache: ServedCache) -> dict
     return found
 
 
-def group_members(sql: RawSql, candidate_group: str) -> list[Served]:
-    """Every recorded answer of one candidate group, in candidate order."""
-    rows = sql.all(
-        f"{_SERVED_SQL} WHERE candidate_group = :g ORDER BY candidate_index", {"g": candidate_group}
-    )
-    return [_served_row(sql, row) for row in rows]
+def group_members(
+    sql: RawSql, groups: Iterable[str], cache: ServedCache | None = None
+) -> dict[str, list[Served]]:
+    """Every recorded answer of each candidate group, in candidate order: complete groups from
+    ``cache`` (the writer's: only its thread may pass it), the others in one query (a group
+    with no answer recorded is missing)."""
+    cache = cache if cache is not None else ServedCache()
+    found: dict[str, list[Served]] = {}
+    missing = []
+    for group in dict.fromkeys(groups):
+        members = cache.complete_group(group)
+        if members is not None:
+            found[group] = members
+        else:
+            missing.append(group)
+    if missing:
+        rows = sql.all(
+            f"{_SERVED_SQL} WHERE candidate_group IN ({in_list('g', len(missing))}) "
+            "ORDER BY candidate_group, candidate_index",
+            in_params("g", missing),
+        )
+        for row in rows:
+            item = _served_row(sql, row)
+            found.setdefault(item.candidate_group, []).append(item)
+        for group in missing:
+            cache.put_group(group, found.get(group, []))
+    return found
