@@ -170,26 +170,32 @@ class StoreWriter:
     def _attempt(self, jobs: list[_Job], now: datetime, isolate: bool) -> list[tuple[bool, Any]]:
         conn = self._connection()
         with conn.begin():
-            hints = [job.read_ahead for job in jobs if job.read_ahead is not None]
-            if hints and self._read_ahead is not None:
-                self._read_ahead(conn, hints)
             if isolate:
+                self._read_ahead_for(conn, jobs)
                 return [self._run_isolated(conn, job, now) for job in jobs]
             if conn.dialect.name == "postgresql":
                 return self._run_pipelined(conn, jobs, now)
+            self._read_ahead_for(conn, jobs)
             return [self._run_plain(conn, job, now) for job in jobs]
+
+    def _read_ahead_for(self, conn: sa.Connection, jobs: list[_Job]) -> None:
+        hints = [job.read_ahead for job in jobs if job.read_ahead is not None]
+        if hints and self._read_ahead is not None:
+            self._read_ahead(conn, hints)
 
     def _run_pipelined(
         self, conn: sa.Connection, jobs: list[_Job], now: datetime
     ) -> list[tuple[bool, Any]]:
-        """PostgreSQL: the batch in psycopg's pipeline mode. A statement whose result nobody
-        reads (most inserts and updates) is sent without waiting for the server's answer, so a
-        vote costs a network round trip per read, not per statement; the server still runs
-        them in order, so every read sees the writes before it. A statement's failure surfaces
-        at the next read or at the pipeline's end, maybe inside a later job: any failure
-        redoes the batch with savepoints, outside the pipeline, which puts it on its job."""
+        """PostgreSQL: the batch, its read-ahead first, in psycopg's pipeline mode. A statement
+        whose result nobody reads (most inserts and updates) is sent without waiting for the
+        server's answer, so a vote costs a network round trip per read, not per statement; the
+        server still runs them in order, so every read sees the writes before it. A statement's
+        failure surfaces at the next read or at the pipeline's end, maybe inside a later job:
+        any failure redoes the batch with savepoints, outside the pipeline, which puts it on
+        its job."""
         try:
             with conn.connection.dbapi_connection.pipeline():
+                self._read_ahead_for(conn, jobs)
                 return [self._run_plain(conn, job, now) for job in jobs]
         except _Isolate:
             raise

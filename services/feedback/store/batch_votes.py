@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from services.feedback.store.rawsql import RawSql, in_list, in_params
+from services.feedback.store.rawsql import RawSql, Sent, in_list, in_params
 
 VoteKey = tuple[str, str, str]  # (rater key id, kind, subject)
 
@@ -51,20 +51,30 @@ class VotesAhead:
 
     batch: BatchVotes | None = None
 
-    def load(self, conn: sa.Connection, groups: set[str]) -> None:
-        sql = RawSql(conn)
+    def send(self, sql: RawSql, response_ids: list[str]) -> Sent | None:
+        """Ask (not yet read) for every vote in the groups of ``response_ids``; None where
+        there is nothing to ask: on SQLite, whose reads cost no round trip, it keeps reading
+        as it goes."""
         self.batch = None
-        if sql.sqlite or not groups:
-            return  # SQLite's reads cost no round trip: it keeps reading as it goes
-        ordered = sorted(groups)
+        if sql.sqlite or not response_ids:
+            return None
         # Every vote of the groups, the replaced ones filtered here: with "replaced_by IS NULL"
         # in the query PostgreSQL's planner scans the whole partial index of current votes
-        # (tables.py) instead of looking the few groups up, slower as the table grows.
-        rows = sql.all(
+        # (tables.py) instead of looking the few groups up, slower as the table grows. The
+        # groups come from the answers in the query itself, so this query need not wait for
+        # the answers' own read: both go out together.
+        return sql.send(
             "SELECT id, rater_key_id, kind, subject, candidate_group, thumb_value, replaced_by "
-            f"FROM feedback_events WHERE candidate_group IN ({in_list('g', len(ordered))})",
-            in_params("g", ordered),
+            "FROM feedback_events WHERE candidate_group IN (SELECT candidate_group FROM "
+            f"interactions WHERE response_id IN ({in_list('r', len(response_ids))}))",
+            in_params("r", response_ids),
         )
+
+    def receive(self, conn: sa.Connection, sent: Sent | None, groups: set[str]) -> None:
+        """Read what ``send`` asked for; ``groups``: those of the answers that exist."""
+        if sent is None:
+            return
+        rows = sent.rows()
         batch = BatchVotes(conn.get_transaction(), frozenset(groups))
         for event_id, rater, kind, subject, group, thumb, replaced_by in rows:
             if replaced_by is None:

@@ -218,24 +218,20 @@ def _subject(command: FeedbackCommand, group: str) -> str:
 def read_ahead(
     conn: sa.Connection, commands: list[FeedbackCommand], cache: ServedCache, votes: VotesAhead
 ) -> None:
-    """The answers a batch's votes name, in one query, into the cache ``apply`` reads first
-    (answers never change once stored, so reading them early is always right); the whole
-    groups its rankings rank (a ranking must place every answer of its group), for the groups
-    not known complete yet; then, on PostgreSQL, the current votes of their groups
-    (batch_votes.py). This turns network round trips per vote into two or three per batch."""
+    """What a batch's votes will read, read before them in as few round trips as possible:
+    the answers they name, into the cache ``apply`` reads first (answers never change once
+    stored, so reading them early is always right); the whole groups its rankings rank (a
+    ranking must place every answer of its group), unless known complete; and, on PostgreSQL,
+    the current votes of their groups (batch_votes.py). The queries are all sent before any
+    is read, so in the writer's pipeline they share one round trip."""
     sql = RawSql(conn)
-    wanted = {r for command in commands for r in command.response_ids()}
-    found = served_answers.served(sql, sorted(wanted), cache)
-    ranked = {
-        found[r].candidate_group
-        for command in commands
-        if command.kind == "ranking"
-        for r in command.response_ids()[:1]
-        if r in found
-    }
-    if ranked:
-        served_answers.group_members(sql, sorted(ranked), cache)
-    votes.load(conn, {answer.candidate_group for answer in found.values()})
+    wanted = sorted({r for command in commands for r in command.response_ids()})
+    votes_sent = votes.send(sql, wanted)
+    ranked = [command.response_ids()[0] for command in commands if command.kind == "ranking"]
+    groups_sent = served_answers.send_groups_of(sql, ranked, cache) if ranked else None
+    found = served_answers.served(sql, wanted, cache)
+    served_answers.receive_groups(sql, groups_sent, cache)
+    votes.receive(conn, votes_sent, {answer.candidate_group for answer in found.values()})
 
 
 def _replay(

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from services.common.credentials import token_hash
 from services.feedback.errors import RefusalKind, Refused
-from services.feedback.store.rawsql import RawSql, in_list, in_params
+from services.feedback.store.rawsql import RawSql, Sent, in_list, in_params
 from services.feedback.store.tables import interactions
 
 
@@ -206,9 +206,42 @@ def group_members(
             "ORDER BY candidate_group, candidate_index",
             in_params("g", missing),
         )
-        for row in rows:
-            item = _served_row(sql, row)
-            found.setdefault(item.candidate_group, []).append(item)
+        found.update(_by_group(sql, rows, cache))
         for group in missing:
             cache.put_group(group, found.get(group, []))
     return found
+
+
+def send_groups_of(sql: RawSql, response_ids: Iterable[str], cache: ServedCache) -> Sent | None:
+    """Ask (not yet read) for the whole groups of these answers, but for groups ``cache``
+    knows complete; ``receive_groups`` keeps the complete ones in ``cache``. The groups are
+    found from the answers in the query itself, so it need not wait for the answers' read."""
+    unknown = []
+    for response_id in dict.fromkeys(response_ids):
+        served = cache.get(response_id)
+        if served is None or cache.complete_group(served.candidate_group) is None:
+            unknown.append(response_id)
+    if not unknown:
+        return None
+    return sql.send(
+        f"{_SERVED_SQL} WHERE candidate_group IN (SELECT candidate_group FROM interactions "
+        f"WHERE response_id IN ({in_list('r', len(unknown))})) "
+        "ORDER BY candidate_group, candidate_index",
+        in_params("r", unknown),
+    )
+
+
+def receive_groups(sql: RawSql, sent: Sent | None, cache: ServedCache) -> None:
+    if sent is not None:
+        for group, members in _by_group(sql, sent.rows(), cache).items():
+            cache.put_group(group, members)
+
+
+def _by_group(sql: RawSql, rows: Iterable[tuple], cache: ServedCache) -> dict[str, list[Served]]:
+    """Rows ordered by group and candidate index, as member lists (each answer cached too)."""
+    groups: dict[str, list[Served]] = {}
+    for row in rows:
+        item = _served_row(sql, row)
+        cache.put(item)
+        groups.setdefault(item.candidate_group, []).append(item)
+    return groups

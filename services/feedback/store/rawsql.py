@@ -71,14 +71,32 @@ def _sqlite_time(value: datetime) -> str:
     return _naive_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+class Sent:
+    """A query sent on its own cursor whose rows are read later (``RawSql.send``)."""
+
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+
+    def rows(self) -> list[tuple]:
+        return self._cursor.fetchall()
+
+
 class RawSql:
     """Statements on one SQLAlchemy connection's DBAPI cursor (its open transaction)."""
 
     def __init__(self, conn: sa.Connection) -> None:
         self.sqlite = conn.dialect.name == "sqlite"
-        self._cursor = conn.connection.dbapi_connection.cursor()
+        self._dbapi = conn.connection.dbapi_connection
+        self._cursor = self._dbapi.cursor()
         if not self.sqlite:
             self._json_param = _psycopg_json()
+
+    def send(self, sql: str, params: dict[str, Any] | None = None) -> Sent:
+        """Run a query whose rows are read later. In psycopg's pipeline mode the queries sent
+        before the first read share that read's network round trip."""
+        cursor = self._dbapi.cursor()
+        cursor.execute(sql if self.sqlite else _pyformat(sql), params or {})
+        return Sent(cursor)
 
     def execute(self, sql: str, params: dict[str, Any] | None = None):
         self._cursor.execute(sql if self.sqlite else _pyformat(sql), params or {})
