@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from services.feedback.store.rawsql import RawSql, Sent, in_list, in_params
+from services.feedback.store.interactions import in_groups_of_answers
+from services.feedback.store.rawsql import RawSql, Sent, in_params
 
 VoteKey = tuple[str, str, str]  # (rater key id, kind, subject)
 
@@ -65,8 +66,7 @@ class VotesAhead:
         # the answers' own read: both go out together.
         return sql.send(
             "SELECT id, rater_key_id, kind, subject, candidate_group, thumb_value, replaced_by "
-            "FROM feedback_events WHERE candidate_group IN (SELECT candidate_group FROM "
-            f"interactions WHERE response_id IN ({in_list('r', len(response_ids))}))",
+            f"FROM feedback_events WHERE {in_groups_of_answers(sql, len(response_ids))}",
             in_params("r", response_ids),
         )
 

@@ -224,11 +224,25 @@ def send_groups_of(sql: RawSql, response_ids: Iterable[str], cache: ServedCache)
     if not unknown:
         return None
     return sql.send(
-        f"{_SERVED_SQL} WHERE candidate_group IN (SELECT candidate_group FROM interactions "
-        f"WHERE response_id IN ({in_list('r', len(unknown))})) "
+        f"{_SERVED_SQL} WHERE {in_groups_of_answers(sql, len(unknown))} "
         "ORDER BY candidate_group, candidate_index",
         in_params("r", unknown),
     )
+
+
+def in_groups_of_answers(sql: RawSql, count: int) -> str:
+    """A condition on ``candidate_group``: one of the groups of the answers ``:r0 ...``.
+
+    PostgreSQL plans ``candidate_group IN (SELECT ...)`` as a hash join over a scan of the
+    whole outer table (measured: 11.5 ms at 45,000 votes, against 0.7 ms by the group
+    index); ``= ANY (ARRAY(SELECT ...))`` runs the subquery first and looks its groups up
+    in the index. SQLite has no arrays and plans the IN form well."""
+    answers = (
+        f"SELECT candidate_group FROM interactions WHERE response_id IN ({in_list('r', count)})"
+    )
+    if sql.sqlite:
+        return f"candidate_group IN ({answers})"
+    return f"candidate_group = ANY (ARRAY({answers}))"
 
 
 def receive_groups(sql: RawSql, sent: Sent | None, cache: ServedCache) -> None:
