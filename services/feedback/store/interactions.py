@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -16,6 +16,8 @@ from services.common.credentials import token_hash
 from services.feedback.errors import RefusalKind, Refused
 from services.feedback.store.rawsql import RawSql, Sent, in_list, in_params
 from services.feedback.store.tables import interactions
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,14 +167,7 @@ def _served_row(sql: RawSql, row: tuple) -> Served:
 
 def served(sql: RawSql, response_ids: Iterable[str], cache: ServedCache) -> dict[str, Served]:
     """The known ones among ``response_ids`` (unknown ids are simply missing)."""
-    found: dict[str, Served] = {}
-    missing = []
-    for response_id in response_ids:
-        hit = cache.get(response_id)
-        if hit is not None:
-            found[response_id] = hit
-        else:
-            missing.append(response_id)
+    found, missing = _split_cached(response_ids, cache.get)
     if missing:
         rows = sql.all(
             f"{_SERVED_SQL} WHERE response_id IN ({in_list('r', len(missing))})",
@@ -192,14 +187,7 @@ def group_members(
     ``cache`` (the writer's: only its thread may pass it), the others in one query (a group
     with no answer recorded is missing)."""
     cache = cache if cache is not None else ServedCache()
-    found: dict[str, list[Served]] = {}
-    missing = []
-    for group in dict.fromkeys(groups):
-        members = cache.complete_group(group)
-        if members is not None:
-            found[group] = members
-        else:
-            missing.append(group)
+    found, missing = _split_cached(dict.fromkeys(groups), cache.complete_group)
     if missing:
         rows = sql.all(
             f"{_SERVED_SQL} WHERE candidate_group IN ({in_list('g', len(missing))}) "
@@ -249,6 +237,21 @@ def receive_groups(sql: RawSql, sent: Sent | None, cache: ServedCache) -> None:
     if sent is not None:
         for group, members in _by_group(sql, sent.rows(), cache).items():
             cache.put_group(group, members)
+
+
+def _split_cached(
+    keys: Iterable[str], cached: Callable[[str], T | None]
+) -> tuple[dict[str, T], list[str]]:
+    """(what the cache holds for ``keys``, the keys it does not hold, in order)."""
+    found: dict[str, T] = {}
+    missing = []
+    for key in keys:
+        value = cached(key)
+        if value is None:
+            missing.append(key)
+        else:
+            found[key] = value
+    return found, missing
 
 
 def _by_group(sql: RawSql, rows: Iterable[tuple], cache: ServedCache) -> dict[str, list[Served]]:
