@@ -89,11 +89,11 @@ class BatchCache(Cache):
     def length(self) -> int:
         return self.layers[0].length
 
-    def row_columns(self, row: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one row's columns [start, stop) in every layer: (layers, kv
-        heads, stop - start, head dim) each."""
-        keys = torch.stack([layer.storage()[0][row, :, start:stop] for layer in self.layers])
-        values = torch.stack([layer.storage()[1][row, :, start:stop] for layer in self.layers])
+    def row_columns(self, row: int, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one row's ``columns`` in every layer: (layers, kv heads,
+        len(columns), head dim) each."""
+        keys = torch.stack([layer.storage()[0][row, :, columns] for layer in self.layers])
+        values = torch.stack([layer.storage()[1][row, :, columns] for layer in self.layers])
         return keys, values
 
     def keep_rows(self, rows: torch.Tensor) -> None:

@@ -149,6 +149,7 @@ class _Row:
     position: int  # position id of the next token fed in
     last_token: int = 0
     generated: int = 0
+    answer: list[int] = field(default_factory=list)  # the tokens chosen so far
     last_token_at: float = 0.0  # perf_counter() when its previous token was chosen
 
 
@@ -365,7 +366,8 @@ class Scheduler:
             for index, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
                 if prefix_cache.new_blocks(prompt, prefix):
                     start = cached + width - (len(prompt) - prefix.length)
-                    keys, values = cache.row_columns(index, start, cached + width)
+                    columns = torch.arange(start, cached + width, device=policy.device)
+                    keys, values = cache.row_columns(index, columns)
                     prefix_cache.store(prompt, prefix, keys, values)
             metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
         return _Batch(policy, rows, cache, mask), logits
@@ -427,9 +429,31 @@ class Scheduler:
             row.request.stream.emit(event)
             if event.finished is None:
                 keep.append(index)
+            else:
+                self._remember(batch, index)
         if len(keep) < len(batch.rows):
             _keep_rows(batch, keep)
             batch.rows = [batch.rows[i] for i in keep]
+
+    @staticmethod
+    def _remember(batch: _Batch, index: int) -> None:
+        """Keep a finished row's prompt and answer in the prefix cache: a conversation's next
+        turn starts with them. Its last token was only chosen, never fed, so it has no keys."""
+        prefix_cache = batch.policy.prefix_cache
+        row = batch.rows[index]
+        if prefix_cache is None:
+            return
+        sequence = row.request.input_ids + row.answer[:-1]
+        stored = prefix_cache.match(sequence)
+        if not prefix_cache.new_blocks(sequence, stored):
+            return
+        try:
+            columns = batch.mask[index].nonzero().flatten()[stored.length :]
+            keys, values = batch.cache.row_columns(index, columns.to(batch.policy.device))
+            prefix_cache.store(sequence, stored, keys, values)
+        except Exception:  # the answer was delivered; a cache that missed it only costs time
+            log.exception("keeping a finished answer in the prefix cache failed")
+        metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
 
     @staticmethod
     def _pick_greedy(batch: _Batch, logits: torch.Tensor) -> dict[int, tuple[int, float]]:
@@ -460,6 +484,7 @@ class Scheduler:
             row.chooser.accept(token)
         row.generated += 1
         row.last_token = token
+        row.answer.append(token)
         _observe_token_latency(row)
         special = row.decoder.is_special(token)
         text = row.decoder.token_text(token) if special else row.decoder.add(token)

@@ -182,3 +182,18 @@ def test_a_cached_prefill_gives_the_logits_of_a_whole_one(policy):
     assert policy.prefix_cache.match(prompts[0]).length == 2 * BLOCK_TOKENS
     cached = logits_of(policy)
     torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_a_conversation_s_next_turn_finds_the_previous_answer_too(policy, scheduler):
+    first_turn = list(range(20, 20 + 2 * BLOCK_TOKENS + 4))  # 2 whole blocks and 4 tokens
+    [answer] = greedy(scheduler, policy, [first_turn])  # 8 tokens
+    # The next turn repeats the whole first turn, its answer included, then adds its own.
+    next_turn = first_turn + answer + [90, 91, 92]
+    uncached = dataclasses.replace(policy, prefix_cache=None)
+    [expected] = greedy(scheduler, uncached, [next_turn])
+
+    before = hit_tokens()
+    assert greedy(scheduler, policy, [next_turn]) == [expected]
+    # The prompt and all of the answer but its last token (chosen, never fed, so it has no
+    # keys) were kept: 20 + 7 = 27 tokens, 3 whole blocks; the prompt alone held 2.
+    assert hit_tokens() - before == 3 * BLOCK_TOKENS
