@@ -147,10 +147,12 @@ class _Row:
     decoder: IncrementalDecoder
     admitted_at: float
     position: int  # position id of the next token fed in
-    last_token: int = 0
-    generated: int = 0
     answer: list[int] = field(default_factory=list)  # the tokens chosen so far
     last_token_at: float = 0.0  # perf_counter() when its previous token was chosen
+
+    @property
+    def generated(self) -> int:
+        return len(self.answer)
 
 
 @dataclass(eq=False)
@@ -378,7 +380,7 @@ class Scheduler:
             self._batches.pop(batch.policy, None)
             return
         started = time.perf_counter()
-        tokens = torch.tensor([[row.last_token] for row in batch.rows])
+        tokens = torch.tensor([[row.answer[-1]] for row in batch.rows])
         positions = torch.tensor([[row.position] for row in batch.rows])
         for row in batch.rows:
             row.position += 1
@@ -482,8 +484,6 @@ class Scheduler:
         else:
             token, logprob = picked
             row.chooser.accept(token)
-        row.generated += 1
-        row.last_token = token
         row.answer.append(token)
         _observe_token_latency(row)
         special = row.decoder.is_special(token)
