@@ -41,7 +41,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from services.inference.engine import metrics
 from services.inference.engine.detokenize import IncrementalDecoder
 from services.inference.engine.kv_cache import BatchCache
-from services.inference.engine.prefix_cache import NO_PREFIX, PrefixCache
+from services.inference.engine.prefix_cache import NO_PREFIX, CachedPrefix, PrefixCache
 from services.inference.engine.sampling import SamplingParams, TokenChooser, greedy_tokens
 
 log = logging.getLogger(__name__)
@@ -364,15 +364,10 @@ class Scheduler:
         else:
             cache = BatchCache(policy.model.config.num_hidden_layers)
         logits = self._forward(policy, ids, mask, positions, cache)
-        if prefix_cache is not None:
-            for index, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
-                if prefix_cache.new_blocks(prompt, prefix):
-                    start = cached + width - (len(prompt) - prefix.length)
-                    columns = torch.arange(start, cached + width, device=policy.device)
-                    keys, values = cache.row_columns(index, columns)
-                    prefix_cache.store(prompt, prefix, keys, values)
-            metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
-        return _Batch(policy, rows, cache, mask), logits
+        batch = _Batch(policy, rows, cache, mask)
+        for index, (prompt, prefix) in enumerate(zip(prompts, prefixes, strict=True)):
+            _keep_in_prefix_cache(batch, index, prompt, prefix)
+        return batch, logits
 
     def _decode(self, batch: _Batch) -> None:
         self._drop_cancelled(batch)
@@ -442,20 +437,10 @@ class Scheduler:
         """Keep a finished row's prompt and answer in the prefix cache: a conversation's next
         turn starts with them. Its last token was only chosen, never fed, so it has no keys."""
         prefix_cache = batch.policy.prefix_cache
-        row = batch.rows[index]
-        if prefix_cache is None:
-            return
-        sequence = row.request.input_ids + row.answer[:-1]
-        stored = prefix_cache.match(sequence)
-        if not prefix_cache.new_blocks(sequence, stored):
-            return
-        try:
-            columns = batch.mask[index].nonzero().flatten()[stored.length :]
-            keys, values = batch.cache.row_columns(index, columns.to(batch.policy.device))
-            prefix_cache.store(sequence, stored, keys, values)
-        except Exception:  # the answer was delivered; a cache that missed it only costs time
-            log.exception("keeping a finished answer in the prefix cache failed")
-        metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
+        if prefix_cache is not None:
+            row = batch.rows[index]
+            sequence = row.request.input_ids + row.answer[:-1]
+            _keep_in_prefix_cache(batch, index, sequence, prefix_cache.match(sequence))
 
     @staticmethod
     def _pick_greedy(batch: _Batch, logits: torch.Tensor) -> dict[int, tuple[int, float]]:
@@ -552,6 +537,24 @@ def _observe_token_latency(row: _Row) -> None:
     else:
         metrics.INTER_TOKEN_LATENCY.observe(now - row.last_token_at)
     row.last_token_at = now
+
+
+def _keep_in_prefix_cache(
+    batch: _Batch, index: int, sequence: list[int], stored: CachedPrefix
+) -> None:
+    """Store the whole blocks of row ``index``'s ``sequence`` past its ``stored`` prefix.
+    The row's tokens are its cache columns its mask marks, in order, wherever padding put
+    them. A failure only costs a later prompt some time, so it is logged, not raised."""
+    prefix_cache = batch.policy.prefix_cache
+    if prefix_cache is None or not prefix_cache.new_blocks(sequence, stored):
+        return
+    try:
+        columns = batch.mask[index].nonzero().flatten()[stored.length :]
+        keys, values = batch.cache.row_columns(index, columns.to(batch.policy.device))
+        prefix_cache.store(sequence, stored, keys, values)
+    except Exception:
+        log.exception("keeping a row's tokens in the prefix cache failed")
+    metrics.PREFIX_CACHE_TOKENS.set(prefix_cache.tokens)
 
 
 def _keep_rows(batch: _Batch, keep: list[int]) -> None:
