@@ -43,10 +43,13 @@ install-bench-llamaserver:
 	PYTHON=$(BIN)/python tools/build-llama-server.sh
 
 # Lint, the proto check, then the default suite with the servers it needs started
-# (and stopped again, even when a test fails).
+# (and stopped again, even when a test fails), then the tests whose path depends on the
+# CPU once more with every capability probe answering "no" (services/rlhf/cpu_features.py),
+# so both the fast and the generic path are tested whatever this machine has.
 test: install lint proto-check
 	tools/test-services.sh up && trap 'tools/test-services.sh down' EXIT && \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+		$(BIN)/python -m pytest $(PYTEST_ARGS) && \
+		FLYWHEEL_CPU_FEATURES=baseline $(BIN)/python -m pytest -m 'cpu_paths and not slow' $(PYTEST_ARGS)
 
 # Tests marked slow: the real base model end to end.
 test-slow: install

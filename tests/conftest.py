@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from services.common.base_model import find_base_gguf
 from services.common.registry import ModelRegistry
+from services.rlhf import cpu_features
 from tests.harness import (
     SERVICE_TOKEN,  # noqa: F401  (first: sets the suite's token)
     tiny_llama_config,
@@ -35,6 +36,11 @@ pytest_plugins = ["tests.stack_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6399/0")
+
+
+def pytest_report_header() -> str:
+    # Which CPU paths this run takes (tests marked cpu_paths skip or assert by these probes).
+    return f"flywheel cpu features: {cpu_features.describe()}"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from services.common.registry import ModelRegistry, VersionInfo
+from services.rlhf import cpu_features
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ def has_native_bf16(device: torch.device) -> bool:
     or AMX), where bf16 matmuls run about twice as fast as fp32 ones."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return cpu_features.native_bf16_matmul()
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

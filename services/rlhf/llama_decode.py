@@ -19,8 +19,10 @@ logits agree to rounding and greedy tokens are equal (tests/rlhf/test_llama_deco
 checks the tokens against ``generate``). The cache is whatever ``Cache`` the prefill filled:
 each layer's ``update`` appends the step's key and value and returns the whole history.
 
-Other architectures, devices other than the CPU, or a torch without oneDNN get ``None``
-from ``build``; callers fall back to the model's own forward.
+Other architectures, devices other than the CPU, or a CPU where oneDNN cannot pack the
+model's dtype (bf16 without AVX-512 BW/VL/DQ; anything under
+``FLYWHEEL_CPU_FEATURES=baseline``, see ``cpu_features``) get ``None`` from ``build``;
+callers fall back to the model's own forward.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
+
+from services.rlhf import cpu_features
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,7 @@ def _supported(model: PreTrainedModel) -> bool:
         config.model_type == "llama"
         and model.device.type == "cpu"
         and model.dtype in _PACKABLE
-        and torch.backends.mkldnn.is_available()
+        and cpu_features.onednn_packs(model.dtype)
         and not getattr(config, "attention_bias", False)
         and not getattr(config, "mlp_bias", False)
         and rope_type == "default"

@@ -170,8 +170,10 @@ def test_drain_timeout_cancels_long_calls() -> None:
         assert proc.stdout.readline().strip() == "started"
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - sent < 2.5
+        assert proc.wait(timeout=15) == 0
+        # The drain gave up on the 20 s call: 0.5 s of drain plus the process's own exit,
+        # with room for a machine several times slower than ours, far below the call's 20 s.
+        assert time.monotonic() - sent < 10
         call.join(timeout=5)
         assert out["error"].code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     finally:

@@ -61,6 +61,7 @@ def test_asking_for_cuda_without_a_gpu_says_so():
         pick_device("cuda")
 
 
+@pytest.mark.cpu_paths
 def test_precision_settings_resolve_or_are_refused():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
@@ -69,3 +70,9 @@ def test_precision_settings_resolve_or_are_refused():
     assert resolve_precision("auto", cpu) == ("bf16" if has_native_bf16(cpu) else "fp32")
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision("fp16", cpu)
+
+
+def test_auto_precision_is_fp32_where_the_cpu_has_no_bf16_units(monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_CPU_FEATURES", "baseline")
+    assert has_native_bf16(torch.device("cpu")) is False
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"

@@ -1,6 +1,7 @@
 """The fast decode step computes the model's own tokens: greedy decoding through it equals
 transformers' ``generate``, one prompt alone or several of different lengths in one padded
-batch, in fp32 and bf16."""
+batch, in fp32 and bf16, where this CPU lets oneDNN pack that dtype (the probe the code
+asks); where it does not, ``build`` gives None and the model keeps its own forward."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from services.rlhf import llama_decode
+from services.rlhf import cpu_features, llama_decode
+
+pytestmark = pytest.mark.cpu_paths
 
 PROMPTS = [
     "The sky is",
@@ -24,6 +27,15 @@ NEW_TOKENS = 12
 def model_and_tokenizer(request, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=request.param).eval()
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def packed_model_and_tokenizer(model_and_tokenizer):
+    """The model, where this CPU packs its dtype (else the test skips, saying why)."""
+    model, _ = model_and_tokenizer
+    if not cpu_features.onednn_packs(model.dtype):
+        pytest.skip(f"oneDNN cannot pack {model.dtype} here ({cpu_features.describe()})")
+    return model_and_tokenizer
 
 
 def generate_alone(model, tokenizer, prompt: str) -> list[int]:
@@ -61,8 +73,8 @@ def decode_together(model, step, tokenizer, prompts: list[str]) -> list[list[int
     return torch.cat(chosen, dim=1).tolist()
 
 
-def test_one_prompt_at_a_time_gives_generates_tokens(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+def test_one_prompt_at_a_time_gives_generates_tokens(packed_model_and_tokenizer):
+    model, tokenizer = packed_model_and_tokenizer
     step = llama_decode.build(model)
     assert step is not None
     for prompt in PROMPTS:
@@ -75,16 +87,16 @@ def test_one_prompt_at_a_time_gives_generates_tokens(model_and_tokenizer):
     "batch", [PROMPTS, PROMPTS[1:3], [PROMPTS[0], PROMPTS[0]]], ids=["four", "two", "same"]
 )
 def test_prompts_of_different_lengths_in_one_padded_batch_give_generates_tokens(
-    model_and_tokenizer, batch
+    packed_model_and_tokenizer, batch
 ):
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = packed_model_and_tokenizer
     step = llama_decode.build(model)
     expected = [generate_alone(model, tokenizer, prompt) for prompt in batch]
     assert decode_together(model, step, tokenizer, batch) == expected
 
 
-def test_logits_equal_the_models_forward_to_rounding(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+def test_logits_equal_the_models_forward_to_rounding(packed_model_and_tokenizer):
+    model, tokenizer = packed_model_and_tokenizer
     step = llama_decode.build(model)
     ids = tokenizer("The sky is", add_special_tokens=False, return_tensors="pt")["input_ids"]
     length = ids.shape[1]
@@ -130,4 +142,21 @@ def test_models_it_does_not_compute_get_none_and_keep_their_own_forward(override
 
 def test_a_half_precision_model_keeps_its_own_forward():
     assert llama_decode.build(_tiny().to(torch.float16)) is None
-    assert llama_decode.build(_tiny()) is not None
+
+
+def test_where_onednn_cannot_pack_the_dtype_the_model_keeps_its_own_forward(
+    model_and_tokenizer, caplog
+):
+    model, _ = model_and_tokenizer
+    if cpu_features.onednn_packs(model.dtype):
+        pytest.skip(f"this CPU packs {model.dtype}: the fast path is tested above")
+    assert llama_decode.build(model) is None
+    # Asked before packing: no failed attempt, no warning in the operator's log.
+    assert "fast decode step unavailable" not in caplog.text
+
+
+def test_where_onednn_packs_the_dtype_the_fast_step_is_built(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    if not cpu_features.onednn_packs(model.dtype):
+        pytest.skip(f"oneDNN cannot pack {model.dtype} here ({cpu_features.describe()})")
+    assert isinstance(llama_decode.build(model), llama_decode.LlamaDecodeStep)

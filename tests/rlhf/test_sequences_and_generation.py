@@ -6,6 +6,10 @@ from services.rlhf import llama_decode
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.sequences import build_response_batch, response_logprobs
 
+# Generation decodes through the fast step where the CPU packs the weights, else through the
+# model's forward: `make test` runs these on both (FLYWHEEL_CPU_FEATURES=baseline).
+pytestmark = pytest.mark.cpu_paths
+
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "user", "content": "Please write a long and detailed answer about the sea."}],

@@ -1,15 +1,25 @@
 """Which decode path a loaded policy gets: the fast Llama step by default, the model's own
-forward when the operator turns it off; each version gets its own, packed from its weights."""
+forward when the operator turns it off or the CPU cannot pack the weights (the probe the
+holder asks); each version gets its own, packed from its weights."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
 from services.inference.engine.policies import PolicyHolder
+from services.rlhf import cpu_features
 from services.rlhf.llama_decode import LlamaDecodeStep
 
+pytestmark = pytest.mark.cpu_paths
+packs_fp32 = pytest.mark.skipif(
+    not cpu_features.onednn_packs(torch.float32),
+    reason=f"oneDNN cannot pack fp32 weights here ({cpu_features.describe()})",
+)
 
+
+@packs_fp32
 def test_a_llama_policy_decodes_through_the_fast_step_packed_per_version(policy_store):
     holder = PolicyHolder(policy_store, device="cpu", precision="fp32")
     holder.reload()
@@ -32,5 +42,13 @@ def test_a_llama_policy_decodes_through_the_fast_step_packed_per_version(policy_
 
 def test_turned_off_the_model_s_own_forward_decodes(policy_store):
     holder = PolicyHolder(policy_store, device="cpu", precision="fp32", fast_decode=False)
+    holder.reload()
+    assert holder.current.decode_step is None
+
+
+def test_where_the_cpu_cannot_pack_the_weights_the_model_s_own_forward_decodes(policy_store):
+    if cpu_features.onednn_packs(torch.float32):
+        pytest.skip("this CPU packs fp32 weights: the fast step is tested above")
+    holder = PolicyHolder(policy_store, device="cpu", precision="fp32")
     holder.reload()
     assert holder.current.decode_step is None

@@ -19,6 +19,10 @@ from services.inference.engine.scheduler import (
     _Request,
 )
 
+# The scheduler's decode steps take the fast step or the model's forward depending on the
+# CPU: `make test` runs these on both (FLYWHEEL_CPU_FEATURES=baseline).
+pytestmark = pytest.mark.cpu_paths
+
 LAYERS, KV_HEADS, HEAD_DIM = 2, 1, 3
 
 

@@ -86,23 +86,32 @@ def test_the_log_tail_keeps_the_last_lines(tmp_path):
 
 def test_should_stop_stops_the_stage_with_sigterm(tmp_path):
     work = tmp_path / "w"
+    pid_file = work / "child.pid"
     job = python_job(
         work,
         f"""
         import os, time
-        open({str(work / "child.pid")!r}, "w").write(str(os.getpid()))
+        # Written whole, then renamed: the test never reads a half-written pid.
+        open({str(pid_file) + ".tmp"!r}, "w").write(str(os.getpid()))
+        os.replace({str(pid_file) + ".tmp"!r}, {str(pid_file)!r})
         time.sleep(60)
         """,
     )
-    started = time.monotonic()
-    outcome = LocalExecutor(poll_s=0.05, stop_grace_s=5).run(
-        job, lambda: time.monotonic() - started > 0.3
-    )
-    elapsed = time.monotonic() - started
+    stop_asked: list[float] = []
+
+    def should_stop() -> bool:
+        # Stop once the stage is really running (its pid is on disk), however slow the start.
+        if pid_file.exists() and not stop_asked:
+            stop_asked.append(time.monotonic())
+        return bool(stop_asked)
+
+    outcome = LocalExecutor(poll_s=0.05, stop_grace_s=5).run(job, should_stop)
+    stopped_after = time.monotonic() - stop_asked[0]
     assert outcome.stopped is True and outcome.succeeded is False
     assert outcome.exit_code == -signal.SIGTERM
-    assert 0.3 <= elapsed < 0.3 + 5
-    assert gone(int((work / "child.pid").read_text()))
+    # SIGTERM ended it, not the grace period's SIGKILL nor the stage's own 60 s.
+    assert stopped_after < 5
+    assert gone(int(pid_file.read_text()))
 
 
 def test_a_stage_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
