@@ -29,6 +29,9 @@ def test_missing_base_model_package_says_how_to_install(monkeypatch):
         base_model.find_base_gguf()
 
 
+# Converts the real 135M base model (~25 s, more on a slow CPU): the slow suite. The CLI's
+# list/verify/idempotence on the tiny model stay in the default suite (tests/cli/).
+@pytest.mark.slow
 def test_models_init_then_list_shows_v0(real_store):
     listing = flywheel(real_store, "list")
     assert listing.returncode == 0, listing.stderr

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from services.common.registry import ModelRegistry
 from services.simulator import demo
 from tests.harness import STACK_PORT_VARIABLES, free_ports
@@ -17,6 +19,10 @@ from tests.harness import STACK_PORT_VARIABLES, free_ports
 REPO = Path(__file__).resolve().parents[2]
 
 
+# The whole demo as processes (~1.5 min here, twice that on a slow CPU): the slow suite.
+# The flywheel's own turn (comparisons -> trained, gated, promoted, served, rolled back) stays
+# in the default suite: tests/trainer/test_flywheel.py.
+@pytest.mark.slow
 def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis_url):
     ports = dict(
         zip(STACK_PORT_VARIABLES, map(str, free_ports(len(STACK_PORT_VARIABLES))), strict=True)
