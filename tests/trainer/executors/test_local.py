@@ -27,6 +27,20 @@ def python_job(work_dir: Path, code: str, **env: str) -> StageJob:
     return StageJob("run_test", "ppo", ["python", "-c", textwrap.dedent(code)], work_dir, env)
 
 
+class StopOnceExists:
+    """A ``should_stop`` that says yes from the moment ``path`` exists (the stage wrote it,
+    so it is running) and remembers when it first did."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.asked_at: float | None = None
+
+    def __call__(self) -> bool:
+        if self.asked_at is None and self.path.exists():
+            self.asked_at = time.monotonic()
+        return self.asked_at is not None
+
+
 def gone(pid: int) -> bool:
     """The process ended: no such pid, or a zombie nobody here reaps (a container's init may
     not)."""
@@ -97,16 +111,10 @@ def test_should_stop_stops_the_stage_with_sigterm(tmp_path):
         time.sleep(60)
         """,
     )
-    stop_asked: list[float] = []
-
-    def should_stop() -> bool:
-        # Stop once the stage is really running (its pid is on disk), however slow the start.
-        if pid_file.exists() and not stop_asked:
-            stop_asked.append(time.monotonic())
-        return bool(stop_asked)
-
+    # Stop once the stage is really running (its pid is on disk), however slow the start.
+    should_stop = StopOnceExists(pid_file)
     outcome = LocalExecutor(poll_s=0.05, stop_grace_s=5).run(job, should_stop)
-    stopped_after = time.monotonic() - stop_asked[0]
+    stopped_after = time.monotonic() - should_stop.asked_at
     assert outcome.stopped is True and outcome.succeeded is False
     assert outcome.exit_code == -signal.SIGTERM
     # SIGTERM ended it, not the grace period's SIGKILL nor the stage's own 60 s.
@@ -127,15 +135,9 @@ def test_a_stage_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path)
         time.sleep(60)
         """,
     )
-    stopping: list[float] = []
-
-    def should_stop() -> bool:
-        if ready.exists() and not stopping:
-            stopping.append(time.monotonic())
-        return bool(stopping)
-
+    should_stop = StopOnceExists(ready)
     outcome = LocalExecutor(poll_s=0.05, stop_grace_s=0.5).run(job, should_stop)
-    took = time.monotonic() - stopping[0]
+    took = time.monotonic() - should_stop.asked_at
     assert outcome.stopped is True
     assert outcome.exit_code == -signal.SIGKILL
     assert 0.5 <= took < 5
