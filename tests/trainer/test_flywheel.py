@@ -25,7 +25,13 @@ from services.inference.gateway.status import FlywheelStatus
 from services.trainer.store.runs import RunStore
 from tests.harness import wait_for
 from tests.inference.inference_helpers import engine_settings
-from tests.trainer.trainer_helpers import REPO, TrainerProcess, record_great_rankings, record_thumbs
+from tests.trainer.trainer_helpers import (
+    HELD_OUT_SAFE_RANKINGS,
+    REPO,
+    TrainerProcess,
+    record_great_rankings,
+    record_thumbs,
+)
 
 RUN_TIMEOUT_S = 240
 
@@ -138,7 +144,8 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     deployment, feedback, engine, model_store
 ):
     assert served_version(engine) == "v0"
-    record_great_rankings(feedback.stub, feedback.http, 40)  # 120 pairs >= 60: beat starts one
+    # 3 pairs a ranking, over the 60 that start a run.
+    record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     deployment.env.update(
         FLYWHEEL_TRAINER_ROLLBACK_MIN_VOTES="4",
         FLYWHEEL_TRAINER_PPO_EPOCHS="2",
@@ -214,7 +221,7 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
 
 
 def test_two_triggers_at_once_give_one_run(deployment, feedback):
-    record_great_rankings(feedback.stub, feedback.http, 40)
+    record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     deployment.start(beat=False)
     replies = [deployment.send("flywheel.trainer.check", forced=True) for _ in range(3)]
     results = [reply.get(timeout=60) for reply in replies]
@@ -228,7 +235,7 @@ def test_a_worker_killed_mid_ppo_resumes_the_run_from_its_checkpoint(
 ):
     # Enough PPO iterations that the kill lands inside the stage, a checkpoint every one.
     deployment.env.update(FLYWHEEL_TRAINER_PPO_ITERATIONS="12")
-    record_great_rankings(feedback.stub, feedback.http, 40)
+    record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     deployment.start()
     run_id = first_run(deployment)
     stage_dir = Path(env["FLYWHEEL_DATA_DIR"]) / "trainer" / "runs" / run_id / "ppo"

@@ -18,13 +18,13 @@ from services.trainer.control import Trainer
 from services.trainer.settings import TrainerSettings
 from services.trainer.stages.context import StageResult
 from tests.harness import wait_for
-from tests.trainer.trainer_helpers import record_great_rankings
+from tests.trainer.trainer_helpers import HELD_OUT_SAFE_RANKINGS, record_great_rankings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, model_store):
-    record_great_rankings(feedback.stub, feedback.http, 40)
+    record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     trainer = Trainer(settings)
     queued: list[str] = []
     started = trainer.check(queued.append)
@@ -113,7 +113,7 @@ def test_a_fresh_trainer_exports_zero_counts_and_no_quality_numbers():
 def start_run(feedback, settings, monkeypatch, **overrides) -> tuple[Trainer, str]:
     for name, value in overrides.items():
         monkeypatch.setenv(f"FLYWHEEL_TRAINER_{name.upper()}", str(value))
-    record_great_rankings(feedback.stub, feedback.http, 40)
+    record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     trainer = Trainer(TrainerSettings())
     queued: list[str] = []
     assert trainer.check(queued.append)["started"]
