@@ -27,7 +27,8 @@ class CpuFeatureSettings(BaseSettings):
 
 def baseline_forced() -> bool:
     """Whether the environment asks for the generic path whatever the CPU has."""
-    # Read at every call (cheap, and only at load time): a test may change the environment.
+    # Read at every call, not cached, so a test can change the environment. Callers ask once
+    # per model load or per generate call (which packs the weights anyway): microseconds.
     return CpuFeatureSettings().cpu_features == "baseline"
 
 

@@ -38,6 +38,16 @@ def packed_model_and_tokenizer(model_and_tokenizer):
     return model_and_tokenizer
 
 
+@pytest.fixture
+def unpackable_model_and_tokenizer(model_and_tokenizer):
+    """The model, where this CPU cannot pack its dtype (else the test skips: the fast path's
+    tests cover it)."""
+    model, _ = model_and_tokenizer
+    if cpu_features.onednn_packs(model.dtype):
+        pytest.skip(f"this CPU packs {model.dtype}: the fast path is tested instead")
+    return model_and_tokenizer
+
+
 def generate_alone(model, tokenizer, prompt: str) -> list[int]:
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
@@ -145,18 +155,14 @@ def test_a_half_precision_model_keeps_its_own_forward():
 
 
 def test_where_onednn_cannot_pack_the_dtype_the_model_keeps_its_own_forward(
-    model_and_tokenizer, caplog
+    unpackable_model_and_tokenizer, caplog
 ):
-    model, _ = model_and_tokenizer
-    if cpu_features.onednn_packs(model.dtype):
-        pytest.skip(f"this CPU packs {model.dtype}: the fast path is tested above")
+    model, _ = unpackable_model_and_tokenizer
     assert llama_decode.build(model) is None
     # Asked before packing: no failed attempt, no warning in the operator's log.
     assert "fast decode step unavailable" not in caplog.text
 
 
-def test_where_onednn_packs_the_dtype_the_fast_step_is_built(model_and_tokenizer):
-    model, _ = model_and_tokenizer
-    if not cpu_features.onednn_packs(model.dtype):
-        pytest.skip(f"oneDNN cannot pack {model.dtype} here ({cpu_features.describe()})")
+def test_where_onednn_packs_the_dtype_the_fast_step_is_built(packed_model_and_tokenizer):
+    model, _ = packed_model_and_tokenizer
     assert isinstance(llama_decode.build(model), llama_decode.LlamaDecodeStep)

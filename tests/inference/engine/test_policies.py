@@ -13,9 +13,12 @@ from services.rlhf import cpu_features
 from services.rlhf.llama_decode import LlamaDecodeStep
 
 pytestmark = pytest.mark.cpu_paths
+_PACKS_FP32 = cpu_features.onednn_packs(torch.float32)
 packs_fp32 = pytest.mark.skipif(
-    not cpu_features.onednn_packs(torch.float32),
-    reason=f"oneDNN cannot pack fp32 weights here ({cpu_features.describe()})",
+    not _PACKS_FP32, reason=f"oneDNN cannot pack fp32 weights here ({cpu_features.describe()})"
+)
+cannot_pack_fp32 = pytest.mark.skipif(
+    _PACKS_FP32, reason="this CPU packs fp32 weights: the fast step is tested instead"
 )
 
 
@@ -46,9 +49,8 @@ def test_turned_off_the_model_s_own_forward_decodes(policy_store):
     assert holder.current.decode_step is None
 
 
+@cannot_pack_fp32
 def test_where_the_cpu_cannot_pack_the_weights_the_model_s_own_forward_decodes(policy_store):
-    if cpu_features.onednn_packs(torch.float32):
-        pytest.skip("this CPU packs fp32 weights: the fast step is tested above")
     holder = PolicyHolder(policy_store, device="cpu", precision="fp32")
     holder.reload()
     assert holder.current.decode_step is None
