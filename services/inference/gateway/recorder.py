@@ -243,7 +243,7 @@ class InteractionRecorder:
             retry_at = time.time() + self._backoff.failed()
             first_error = next(iter(errors.values()))
             self.spool.mark_failed_many([r.id for r in retry], first_error, retry_at)
-            self._note_outage(errors, len(retry))
+            self._note_outage(errors, len(retry), answered=bool(delivered))
             return False
         return True
 
@@ -279,7 +279,13 @@ class InteractionRecorder:
             )
             self._recovered_count = None
 
-    def _note_outage(self, errors: dict[grpc.StatusCode, str], count: int) -> None:
+    def _note_outage(
+        self, errors: dict[grpc.StatusCode, str], count: int, answered: bool = False
+    ) -> None:
+        """Log a round's failures: every refusal, and an outage once when it starts. A round
+        the service ``answered`` in part is no new outage: when it comes back, the calls that
+        left while the channel was still reconnecting fail UNAVAILABLE beside those that got
+        through, and are retried after the shortest backoff."""
         unexpected = [c for c in errors if c not in TRANSIENT_CODES]
         if unexpected:
             # Not an outage but a misconfiguration or a bug: say so at every round.
@@ -289,7 +295,7 @@ class InteractionRecorder:
                 "; ".join(errors[c] for c in unexpected),
                 count,
             )
-        if self._outage_since is None:
+        if self._outage_since is None and not answered:
             self._outage_since = time.time()
             self._recovered_count = None
             if not unexpected:

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.generated.flywheel.v1 import feedback_pb2
+from services.common.service_auth import service_channel
 from services.inference.gateway.recorder import InteractionRecorder
 from services.inference.gateway.spool import InteractionSpool
 from tests.harness import SERVICE_TOKEN, FeedbackService, wait_for
@@ -138,6 +139,102 @@ def test_outage_records_wait_and_are_delivered_after(
     messages = [r.getMessage() for r in caplog.records]
     assert any("reachable again" in m for m in messages)
     wait_for(lambda: any("spool drained: 8" in r.getMessage() for r in caplog.records))
+
+
+class _Unavailable(grpc.RpcError, grpc.Future, grpc.Call):
+    """A call the channel failed before sending, as one still reconnecting does."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "failed to connect to all addresses (channel still reconnecting)"
+
+    def result(self, timeout=None):
+        raise self
+
+    def exception(self, timeout=None):
+        return self
+
+    def done(self):
+        return True
+
+    def cancel(self):
+        return False
+
+    def cancelled(self):
+        return False
+
+    def running(self):
+        return False
+
+    def traceback(self, timeout=None):
+        return None
+
+    def add_done_callback(self, fn):
+        fn(self)
+
+    def initial_metadata(self):
+        return None
+
+    def trailing_metadata(self):
+        return None
+
+    def time_remaining(self):
+        return None
+
+    def is_active(self):
+        return False
+
+    def add_callback(self, callback):
+        return False
+
+
+class _FailFirstCalls(grpc.UnaryUnaryClientInterceptor):
+    """Fails the first ``count`` calls on the client side; every later call goes through to
+    the real service. (The real race, calls that left while a channel reconnected beside
+    calls that got through, cannot be produced on demand.)"""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        if self.left > 0:
+            self.left -= 1
+            return _Unavailable()
+        return continuation(client_call_details, request)
+
+
+def test_a_round_the_service_answered_in_part_is_no_new_outage(
+    tmp_path, feedback: FeedbackService, caplog
+):
+    """Just after the service comes back, part of a round can still fail UNAVAILABLE: the
+    recorder retries those without logging an outage or restarting its recovery count."""
+    caplog.set_level(logging.INFO, logger="services.inference.gateway.recorder")
+    spool = InteractionSpool(tmp_path / "spool.sqlite3")
+    channel = grpc.intercept_channel(
+        service_channel(feedback.target, SERVICE_TOKEN), _FailFirstCalls(3)
+    )
+    items = [make_interaction() for _ in range(6)]
+    spool.enqueue_many(items)
+    recorder = InteractionRecorder(
+        spool,
+        feedback.target,
+        service_token=SERVICE_TOKEN,
+        batch=6,
+        retry_initial_s=0.05,
+        channel=channel,
+    )
+    recorder.start()
+    try:
+        wait_for(lambda: spool.pending_count() == 0, what="the round's failures to be retried")
+    finally:
+        recorder.stop()
+        channel.close()
+        spool.close()
+    assert recorder.delivered == 6 and feedback.interaction_count() == 6
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any("reachable again" in r.getMessage() for r in caplog.records)
 
 
 def test_stop_during_an_outage_keeps_the_records(tmp_path, feedback: FeedbackService):
