@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from services.common.redis_names import MODEL_PROMOTIONS_CHANNEL
+from services.common.redis_names import model_promotions_channel
 from services.common.registry import ModelRegistry
 from services.common.retry import Backoff, Outage
 
@@ -29,9 +29,14 @@ def announce_promotion(redis_url: str, role: str, version: str, action: str) -> 
     message = json.dumps({"role": role, "version": version, "action": action})
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        return int(client.publish(MODEL_PROMOTIONS_CHANNEL, message))
+        return int(client.publish(promotions_channel(client), message))
     finally:
         client.close()
+
+
+def promotions_channel(client: redis.Redis) -> str:
+    """The promotion channel of the database ``client`` selects."""
+    return model_promotions_channel(int(client.connection_pool.connection_kwargs.get("db", 0)))
 
 
 class PromotionWatcher:
@@ -74,7 +79,7 @@ class PromotionWatcher:
             client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(MODEL_PROMOTIONS_CHANNEL)
+                pubsub.subscribe(promotions_channel(client))
                 outage.recovered()
                 backoff.succeeded()
                 while not self._stopping.is_set():

@@ -12,9 +12,16 @@ PREFIX = "flywheel"
 FEEDBACK_EVENTS_STREAM = f"{PREFIX}:feedback:events"
 """Every accepted feedback event, written by the feedback service's outbox relay."""
 
-# Pub/sub channels (fire-and-forget notifications; receivers also poll the registry).
-MODEL_PROMOTIONS_CHANNEL = f"{PREFIX}:models:promotions"
-"""JSON ``{"role", "version", "action"}`` published when a version is promoted or rolled back."""
+
+# Pub/sub channels (fire-and-forget notifications; receivers also poll the registry). Redis
+# delivers a channel's messages to every subscriber whatever database it selected, so each
+# channel names its database: two flywheels sharing one Redis on different databases do not
+# hear each other.
+def model_promotions_channel(db: int) -> str:
+    """JSON ``{"role", "version", "action"}`` published when a version is promoted or rolled
+    back, for the stack whose Redis URL selects database ``db``."""
+    return f"{PREFIX}:db{db}:models:promotions"
+
 
 # Plain keys.
 TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.common.redis_names import MODEL_PROMOTIONS_CHANNEL
+from services.common.promotions import promotions_channel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_promote_is_announced_on_redis(run_cli, model_store, redis_url):
     version = add_child(model_store)
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
-    pubsub.subscribe(MODEL_PROMOTIONS_CHANNEL)
+    pubsub.subscribe(promotions_channel(client))
     pubsub.get_message(timeout=1)  # the subscribe confirmation
 
     result = run_cli("models", "promote", f"policy/{version}")

@@ -1,5 +1,6 @@
-"""PromotionWatcher against a real Redis: an announcement switches at once; without Redis the
-registry poll still finds the promotion."""
+"""PromotionWatcher against a real Redis: an announcement switches at once, and only the
+watchers on the announcer's database hear it; without Redis the registry poll still finds the
+promotion."""
 
 from __future__ import annotations
 
@@ -45,6 +46,28 @@ def test_an_announcement_switches_without_waiting_for_the_poll(model_store, redi
         announce_promotion(redis_url, "reward", "v7", "promote")  # another role: ignored
         time.sleep(0.3)
         assert seen.count(second) == 1 and "v7" not in seen
+    finally:
+        watcher.stop()
+
+
+def test_an_announcement_on_another_database_is_not_heard(model_store, redis_url):
+    """Pub/sub ignores Redis databases; the channel names its own, so a flywheel on another
+    database of the same Redis does not hear this one's promotions."""
+    _, second = _two_versions(model_store)
+    other_db = redis_url.rsplit("/", 1)[0] + f"/{int(redis_url.rsplit('/', 1)[1]) + 1}"
+    seen = []
+    watcher = PromotionWatcher(model_store, "policy", seen.append, redis_url, poll_s=3600)
+    watcher.start()
+    try:
+        model_store.promote("policy", second)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # long past the watcher's subscription
+            assert announce_promotion(other_db, "policy", second, "promote") == 0
+            time.sleep(0.1)
+        assert seen == []
+        assert _wait_for(
+            seen, second, lambda: announce_promotion(redis_url, "policy", second, "promote")
+        )
     finally:
         watcher.stop()
 
