@@ -7,6 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes of `make test` (pytest-xdist): the suite waits on servers and child processes
+# about half the time, so two workers on two cores take ~0.7 of one's time. 0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-bench install-bench-llamacpp install-bench-llamaserver test test-slow lint format proto proto-check lock demo clean
 
@@ -49,7 +52,7 @@ install-bench-llamaserver:
 # by PYTEST_ARGS may hold no cpu_paths test (pytest's exit 5); the whole suite must hold some.
 test: install lint proto-check
 	tools/test-services.sh up && trap 'tools/test-services.sh down' EXIT && \
-		$(BIN)/python -m pytest $(PYTEST_ARGS) && \
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) && \
 		{ FLYWHEEL_CPU_FEATURES=baseline $(BIN)/python -m pytest -m 'cpu_paths and not slow' \
 			$(PYTEST_ARGS) || { status=$$?; [ -n "$(PYTEST_ARGS)" ] && [ $$status = 5 ]; }; }
 

@@ -28,6 +28,7 @@ from services.common.registry import ModelRegistry
 from services.rlhf import cpu_features
 from tests.harness import (
     SERVICE_TOKEN,  # noqa: F401  (first: sets the suite's token)
+    redis_db_url,
     tiny_llama_config,
 )
 
@@ -79,22 +80,30 @@ def model_store(tiny_model_dir, tmp_path) -> ModelRegistry:
     return registry
 
 
+@pytest.fixture(scope="session")
+def other_tiny_model_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
+    """Another tiny random Llama (seed 1): the same shape, different weights."""
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    folder = tmp_path_factory.mktemp("other-tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
-def policy_store(tiny_model_dir, tmp_path) -> ModelRegistry:
+def policy_store(tiny_model_dir, other_tiny_model_dir, tmp_path) -> ModelRegistry:
     """policy/v0 (promoted) and policy/v1: tiny random Llamas with different weights."""
     registry = ModelRegistry(tmp_path / "models")
     v0 = registry.create_version(
         "policy", lambda f: shutil.copytree(tiny_model_dir, f, dirs_exist_ok=True)
     )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(1)
-    other = LlamaForCausalLM(tiny_llama_config(tokenizer))
-
-    def write_v1(folder):
-        other.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    registry.create_version("policy", write_v1, parent=v0.version)
+    registry.create_version(
+        "policy",
+        lambda f: shutil.copytree(other_tiny_model_dir, f, dirs_exist_ok=True),
+        parent=v0.version,
+    )
     registry.promote("policy", v0.version)
     return registry
 
@@ -136,15 +145,17 @@ def database_url(request, tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> str:
-    """A real Redis (``make test`` starts one); a clear failure if it is not there."""
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1)
+    """A real Redis (``make test`` starts one), this worker's database 0; a clear failure if it
+    is not there."""
+    url = redis_db_url(TEST_REDIS_URL, 0)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
         client.ping()
     except redis.ConnectionError as exc:
         pytest.fail(f"no Redis at {TEST_REDIS_URL} ({exc}); run the tests with `make test`")
     finally:
         client.close()
-    return TEST_REDIS_URL
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,12 +74,23 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         time.sleep(0.02)
 
 
+# Each pytest-xdist worker has 16 Redis databases of its own (tools/test-services.sh starts the
+# test Redis with 64, so up to four workers), so one area's number in two workers never meets.
+REDIS_DATABASES_PER_WORKER = 16
+
+
+def redis_db_url(redis_url: str, db: int) -> str:
+    """The URL of this worker's database ``db`` (0-15) of the test Redis."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return redis_url.rsplit("/", 1)[0] + f"/{db + REDIS_DATABASES_PER_WORKER * worker}"
+
+
 def empty_redis_db(redis_url: str, db: int) -> str:
-    """The URL of database ``db`` of the test Redis, emptied first. Each area of the suite has
-    a database of its own (feedback 3, gateway and stack 5, trainer 7, the stack test 9, the
-    demo 10, the deployment observability test 12), so one area's keys never meet
-    another's."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    """The URL of this worker's database ``db`` of the test Redis, emptied first. Each area of
+    the suite has a database of its own (feedback 3, gateway and stack 5, trainer and the keys
+    CLI 7, the stack test 9, the demo 10, the deployment observability test 12), so one area's
+    keys never meet another's."""
+    url = redis_db_url(redis_url, db)
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
@@ -182,22 +195,36 @@ class FeedbackService:
         return self.stub.Stats(feedback_pb2.StatsRequest(), timeout=5).interactions
 
 
+# Saved tiny reward models by (tiny model folder, head seed): each is built once a session and
+# copied into every registry that asks (a copy takes milliseconds, a build a few tenths).
+_saved_reward_models: dict[tuple[Path, int], Path] = {}
+
+
+def _tiny_reward_model_folder(tiny_model_dir: Path, seed: int) -> Path:
+    folder = _saved_reward_models.get((tiny_model_dir, seed))
+    if folder is None:
+        from services.rlhf.heads import ScalarHeadModel
+
+        torch.manual_seed(seed)
+        rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+        folder = Path(tempfile.mkdtemp(prefix=f"tiny-rm-seed{seed}-", dir=tiny_model_dir.parent))
+        rm.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+        _saved_reward_models[tiny_model_dir, seed] = folder
+    return folder
+
+
 def add_tiny_reward_model(
     registry: ModelRegistry, tiny_model_dir: Path, seed: int = 0, promote: bool = False
 ) -> str:
     """A tiny reward model (the tiny Llama with a scalar head seeded by ``seed``) as a new
     reward version of ``registry``; its version name."""
-    from services.rlhf.heads import ScalarHeadModel
-
-    torch.manual_seed(seed)
-    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-
-    def write(folder):
-        rm.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    version = registry.create_version("reward", write, notes=f"tiny RM, head seed {seed}").version
+    saved = _tiny_reward_model_folder(tiny_model_dir, seed)
+    version = registry.create_version(
+        "reward",
+        lambda folder: shutil.copytree(saved, folder, dirs_exist_ok=True),
+        notes=f"tiny RM, head seed {seed}",
+    ).version
     if promote:
         registry.promote("reward", version)
     return version

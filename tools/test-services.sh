@@ -17,13 +17,17 @@ apt_install() {
 redis_up() {
     if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
         echo "redis: already running on $REDIS_PORT"
+        local databases
+        databases=$(redis-cli -p "$REDIS_PORT" config get databases | tail -n 1)
+        [ "${databases:-0}" -ge 64 ] || echo "redis: it has $databases databases, the suite's workers need 64" >&2
         return
     fi
     command -v redis-server >/dev/null || apt_install redis-server
     mkdir -p "$STATE_DIR/redis"
+    # 64 databases: 16 for each of up to four pytest-xdist workers (tests/harness.py).
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
         --dir "$PWD/$STATE_DIR/redis" --pidfile "$PWD/$STATE_DIR/redis.pid" \
-        --logfile "$PWD/$STATE_DIR/redis.log" --save "" --appendonly no
+        --logfile "$PWD/$STATE_DIR/redis.log" --save "" --appendonly no --databases 64
     for _ in $(seq 50); do
         redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && { echo "redis: started on $REDIS_PORT"; return; }
         sleep 0.1

@@ -9,13 +9,14 @@ import redis
 
 from services.common.api_keys import ApiKeyStore
 from services.common.redis_names import REVOKED_API_KEYS
+from tests.harness import redis_db_url
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def keys_redis(redis_url):
-    url = redis_url.rsplit("/", 1)[0] + "/7"
+    url = redis_db_url(redis_url, 7)
     client = redis.Redis.from_url(url, decode_responses=True)
     client.delete(REVOKED_API_KEYS)
     yield url, client

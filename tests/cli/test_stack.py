@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from services.common.registry import ModelRegistry
 from services.rlhf.heads import ScalarHeadModel
 from tests.harness import STACK_PORT_VARIABLES as PORT_VARIABLES
-from tests.harness import free_ports
+from tests.harness import free_ports, redis_db_url
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_GATEWAY = (REPO / "services/inference/gateway/__main__.py").is_file()
@@ -105,7 +105,7 @@ def wait_dead(pid: int, timeout: float = 10) -> None:
 @pytest.fixture
 def stack(tmp_path, model_store, redis_url):
     """A stack whose store has a tiny policy/v0 and no reward model (as a fresh one)."""
-    test_redis = redis_url.rsplit("/", 1)[0] + "/9"
+    test_redis = redis_db_url(redis_url, 9)
     stack = Stack(tmp_path, model_store, test_redis)
     yield stack
     stack("down")  # whatever a failed assertion left running

@@ -14,7 +14,7 @@ import pytest
 
 from services.common.registry import ModelRegistry
 from services.simulator import demo
-from tests.harness import STACK_PORT_VARIABLES, free_ports
+from tests.harness import STACK_PORT_VARIABLES, free_ports, redis_db_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     env.update(
         ports,
-        FLYWHEEL_REDIS_URL=redis_url.rsplit("/", 1)[0] + "/10",
+        FLYWHEEL_REDIS_URL=redis_db_url(redis_url, 10),
         FLYWHEEL_DEMO_DATA_DIR=str(data_dir),
         FLYWHEEL_DEMO_GATEWAY_URL=f"http://127.0.0.1:{ports['FLYWHEEL_GATEWAY_HTTP_PORT']}",
         FLYWHEEL_DEMO_FEEDBACK_URL=f"http://127.0.0.1:{ports['FLYWHEEL_FEEDBACK_HTTP_PORT']}",
