@@ -78,7 +78,13 @@ _SHOWN = {
     "reward_model": ("version", "heldout_accuracy"),
     "rm_gate": ("heldout_accuracy", "promoted_accuracy", "promoted"),
     "ppo": ("version", "objective/kl", "objective/scores"),
-    "policy_gate": ("win_rate", "win_rate_ci90", "kl", "ptx_perplexity_ratio"),
+    "policy_gate": (
+        "win_rate",
+        "win_rate_lower_bound",
+        "win_rate_ci90",
+        "kl",
+        "tax_perplexity_ratio",
+    ),
     "promote": ("version",),
 }
 

@@ -9,7 +9,6 @@ or, later, the simulated labelers.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +53,26 @@ def win_rate(
     )
 
 
+def bootstrap_means(values: Sequence[float], samples: int, seed: int = 0) -> torch.Tensor:
+    """Sorted means of ``samples`` resamples (with replacement) of ``values``, each value a
+    unit (a prompt's verdict): the percentile bootstrap's distribution of the mean."""
+    if not values:
+        raise ValueError("no values")
+    data = torch.tensor(values, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    # In chunks of about a million picks, so a long evaluation stays small in memory.
+    per_chunk = max(1, 1_000_000 // len(data))
+    means = [
+        data[
+            torch.randint(
+                len(data), (min(per_chunk, samples - start), len(data)), generator=generator
+            )
+        ].mean(dim=1)
+        for start in range(0, samples, per_chunk)
+    ]
+    return torch.cat(means).sort().values
+
+
 def win_rate_with_interval(
     verdicts: Sequence[float], samples: int, seed: int = 0, level: float = 0.9
 ) -> tuple[float, float, float]:
@@ -61,12 +80,26 @@ def win_rate_with_interval(
     a percentile bootstrap interval at ``level``."""
     if not verdicts:
         raise ValueError("no verdicts")
-    n = len(verdicts)
-    rate = sum(verdicts) / n
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(verdicts, k=n)) / n for _ in range(samples))
+    rate = sum(verdicts) / len(verdicts)
+    means = bootstrap_means(verdicts, samples, seed)
     tail = (1 - level) / 2
-    return rate, means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
+    return (
+        rate,
+        float(means[int(tail * (samples - 1))]),
+        float(means[int((1 - tail) * (samples - 1))]),
+    )
+
+
+def lower_confidence_bound(
+    values: Sequence[float], samples: int, alpha: float, seed: int = 0
+) -> float:
+    """The one-sided (1 - ``alpha``) lower confidence bound of the mean of ``values`` (one per
+    prompt or group, resampled as units): the ``alpha`` quantile of the bootstrap means. The
+    mean lies below it with probability about ``alpha``; the gates' simulation tests measure
+    how close "about" is at their sample sizes."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), not {alpha}")
+    return float(bootstrap_means(values, samples, seed)[int(alpha * (samples - 1))])
 
 
 def reward_model_judge(model: ScalarHeadModel, tokenizer, max_length: int = 512) -> Judge:

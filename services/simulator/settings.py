@@ -97,7 +97,11 @@ class DemoSettings(BaseSettings):
         8, ge=0, description="RM blocks trained (of 30 in SmolLM2-135M; 0: all)."
     )
     min_win_rate: float = Field(
-        0.5, ge=0, le=1, description="The policy gate's win rate (vs the promoted policy)."
+        0.5,
+        ge=0,
+        le=1,
+        description="The lower confidence bound of the policy gate's win rate (vs the promoted "
+        "policy) must reach.",
     )
     rm_first_margin: float = Field(
         0.05, ge=-0.5, description="The first RM's held-out accuracy must reach 0.5 + this."

@@ -117,45 +117,58 @@ class TrainerSettings(ServiceSettings):
     reference_version: str = Field(
         "", description="The fixed reference policy of the KL term; empty: the first (v0)."
     )
-    gate_prompts: int = Field(32, ge=1, description="Most held-out prompts the policy gate uses.")
+    # The policy gate's sizes and error rates: docs/trainer.md's table gives the false
+    # promotion rate and the power these give (tests/trainer/test_gate_error_rates.py).
+    gate_prompts: int = Field(64, ge=1, description="Most held-out prompts the policy gate uses.")
     gate_max_new_tokens: int = Field(64, ge=1, description="Answer length in the policy gate.")
     gate_samples_per_prompt: int = Field(
-        1, ge=1, description="Answers per held-out prompt and policy in the policy gate."
+        2, ge=1, description="Answers per held-out prompt and policy in the policy gate."
+    )
+    gate_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Each gate decides on the one-sided (1 - alpha) lower confidence bound of "
+        "its statistic: a candidate exactly as good as the promoted one passes about this often.",
     )
     min_win_rate: float = Field(
-        0.55,
+        0.5,
         ge=0,
         le=1,
-        description="The candidate's win rate against the promoted policy, judged by the new "
-        "RM on held-out prompts, must reach this (ties count half).",
+        description="The lower confidence bound of the candidate's win rate against the "
+        "promoted policy, judged on held-out prompts, must reach this (ties count half; 0.5: "
+        "better than the promoted policy, with confidence 1 - gate_alpha).",
     )
     max_kl: float = Field(
         20.0, gt=0, description="Most KL to the reference per answer (nats, sampled estimate)."
     )
-    max_ptx_perplexity_ratio: float = Field(
+    max_tax_perplexity_ratio: float = Field(
         1.25,
         ge=1,
-        description="The candidate's perplexity on the ptx texts over the promoted policy's "
-        "(the alignment tax) may not exceed this.",
+        description="The alignment tax: the candidate's perplexity on general text no stage "
+        "trains on (services/trainer/data/tax.txt) over the reference policy's may not exceed "
+        "this.",
     )
     min_end_of_turn_ratio: float = Field(
         0.5,
         ge=0,
         description="The candidate's share of answers that end their turn may not fall below "
-        "this fraction of the promoted policy's (a policy that never stops has collapsed).",
+        "this fraction of the reference policy's (a policy that never stops has collapsed).",
     )
     min_length_ratio: float = Field(
         0.3,
         ge=0,
-        description="Mean answer length may not fall below this fraction of the promoted policy's.",
+        description="Mean answer length may not fall below this fraction of the reference's.",
     )
     min_distinct_ratio: float = Field(
         0.5,
         ge=0,
         description="Share of distinct answers may not fall below this fraction of the "
-        "promoted policy's (mode collapse).",
+        "reference policy's (mode collapse).",
     )
-    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the win-rate CI.")
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="Resamples of the gates' bootstrap confidence bounds."
+    )
 
     # --- safety ------------------------------------------------------------------------------
     lease_ttl_s: float = Field(

@@ -2,9 +2,12 @@
 
 ``ExportComparisons`` names each export by a snapshot id; the file is written under that
 name (atomically, and never rewritten), so a reward model's manifest that names its snapshot
-names exactly what trained it, and a retried stage reads the same data. Held-out groups are
-chosen by a hash of their comparison id: the same group is held out in every run, so no
-reward model is ever gated on comparisons it trained on.
+names exactly what trained it, and a retried stage reads the same data.
+
+Held out is decided by prompt: a hash of the conversation the answers reply to. Every group of
+a prompt, whoever rated it and however (a ranking, a pairwise vote, thumbs turned into pairs),
+lies on one side, in every run; so no reward model is gated on a prompt it trained on, and PPO,
+which trains on the training groups' prompts, never trains on a prompt the gates judge on.
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ from services.common.atomic_files import write_atomically
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 
 
-def is_heldout(comparison_id: str, percent: int) -> bool:
-    digest = hashlib.sha256(comparison_id.encode()).digest()
+def prompt_key(prompt: list[dict[str, str]]) -> str:
+    """The identity of a prompt (its messages' roles and texts, exactly), for the split."""
+    return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
+
+
+def is_heldout(key: str, percent: int) -> bool:
+    """Whether the prompt with ``key`` is held out at ``percent``: a hash, so the same prompt
+    is on the same side in every run, and a bigger share keeps every prompt a smaller one held
+    out."""
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") % 100 < percent
 
 
@@ -114,13 +125,14 @@ def export(
 
 
 def _group(message: feedback_pb2.ComparisonGroup, heldout_percent: int) -> Group:
+    prompt = [{"role": m.role, "content": m.content} for m in message.prompt]
     return Group(
         comparison_id=message.comparison_id,
-        prompt=[{"role": m.role, "content": m.content} for m in message.prompt],
+        prompt=prompt,
         answers=[c.text for c in message.candidates],
         pairs=[(p.better, p.worse) for p in message.pairs],
         model_versions=[c.model_version for c in message.candidates],
-        heldout=is_heldout(message.comparison_id, heldout_percent),
+        heldout=is_heldout(prompt_key(prompt), heldout_percent),
     )
 
 

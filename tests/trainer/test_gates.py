@@ -7,6 +7,7 @@ import pytest
 
 from services.trainer.gates import (
     AnswerStats,
+    Estimate,
     PolicyLimits,
     policy_gate,
     reward_model_gate,
@@ -72,19 +73,21 @@ def test_answer_stats_of_no_answers_are_zero_not_a_crash():
 # ---- the policy gate ------------------------------------------------------------------------
 
 LIMITS = PolicyLimits(
-    min_win_rate=0.55,
+    min_win_rate=0.5,
     max_kl=20.0,
-    max_ptx_perplexity_ratio=1.25,
+    max_tax_perplexity_ratio=1.25,
     min_end_of_turn_ratio=0.5,
     min_length_ratio=0.3,
     min_distinct_ratio=0.5,
 )
-PROMOTED = AnswerStats(end_of_turn_rate=0.9, mean_length=40.0, distinct_rate=0.8)
-GOOD = dict(win_rate=0.6, kl=5.0, ptx_perplexity_ratio=1.1, candidate=PROMOTED)
+REFERENCE = AnswerStats(end_of_turn_rate=0.9, mean_length=40.0, distinct_rate=0.8)
+GOOD = dict(
+    win_rate=Estimate(0.62, 0.53, alpha=0.05), kl=5.0, tax_perplexity_ratio=1.1, candidate=REFERENCE
+)
 
 
 def test_a_candidate_passing_every_check_passes_with_no_reasons():
-    verdict = policy_gate(**GOOD, promoted=PROMOTED, limits=LIMITS)
+    verdict = policy_gate(**GOOD, reference=REFERENCE, limits=LIMITS)
     assert verdict.passed is True
     assert verdict.reasons == [] and verdict.reason == ""
 
@@ -92,38 +95,62 @@ def test_a_candidate_passing_every_check_passes_with_no_reasons():
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (dict(win_rate=0.5), "win rate 0.500 < 0.55"),
+        (
+            dict(win_rate=Estimate(0.58, 0.47, alpha=0.05)),
+            "win rate 0.580: its 95% lower bound 0.470 is not above 0.5",
+        ),
         (dict(kl=25.0), "KL to the reference 25.00 > 20.0 nats"),
         (dict(kl=-1.0), "negative mean KL -1.00: the measurement is broken"),
-        (dict(ptx_perplexity_ratio=1.4), "ptx perplexity x1.400 > x1.25"),
+        (
+            dict(tax_perplexity_ratio=1.4),
+            "perplexity on untrained text x1.400 of the reference's > x1.25",
+        ),
         (
             dict(candidate=AnswerStats(0.3, 40.0, 0.8)),
-            "end-of-turn rate 0.30 collapsed (promoted: 0.90)",
+            "end-of-turn rate 0.30 collapsed (reference: 0.90)",
         ),
         (
             dict(candidate=AnswerStats(0.9, 10.0, 0.8)),
-            "mean answer length 10.0 collapsed (promoted: 40.0)",
+            "mean answer length 10.0 collapsed (reference: 40.0)",
         ),
         (
             dict(candidate=AnswerStats(0.9, 40.0, 0.3)),
-            "distinct answers 0.30 collapsed (promoted: 0.80)",
+            "distinct answers 0.30 collapsed (reference: 0.80)",
         ),
     ],
     ids=["win_rate", "kl_high", "kl_negative", "ptx", "end_of_turn", "length", "distinct"],
 )
 def test_each_failed_check_alone_refuses_with_exactly_its_reason(change, reason):
-    verdict = policy_gate(**{**GOOD, **change}, promoted=PROMOTED, limits=LIMITS)
+    verdict = policy_gate(**{**GOOD, **change}, reference=REFERENCE, limits=LIMITS)
     assert verdict.passed is False
     assert verdict.reasons == [reason]
 
 
+def test_the_win_rate_decides_on_its_bound_not_its_point():
+    # A point estimate well above the threshold whose bound is not: refused.
+    noisy = policy_gate(
+        **{**GOOD, "win_rate": Estimate(0.66, 0.49, alpha=0.05)}, reference=REFERENCE, limits=LIMITS
+    )
+    assert not noisy.passed and "95% lower bound 0.490 is not above 0.5" in noisy.reason
+    # The bound must lie above the threshold: exactly at it (a tie with the promoted policy,
+    # which discrete verdicts often give) is refused. The confidence follows alpha.
+    at = policy_gate(
+        **{**GOOD, "win_rate": Estimate(0.6, 0.5, alpha=0.1)}, reference=REFERENCE, limits=LIMITS
+    )
+    assert not at.passed and "90% lower bound 0.500 is not above 0.5" in at.reason
+    above = policy_gate(
+        **{**GOOD, "win_rate": Estimate(0.6, 0.501, alpha=0.1)}, reference=REFERENCE, limits=LIMITS
+    )
+    assert above.passed
+
+
 def test_every_failed_check_is_reported_together():
     verdict = policy_gate(
-        win_rate=0.1,
+        win_rate=Estimate(0.1, 0.02, alpha=0.05),
         kl=30.0,
-        ptx_perplexity_ratio=2.0,
+        tax_perplexity_ratio=2.0,
         candidate=AnswerStats(0.0, 1.0, 0.1),
-        promoted=PROMOTED,
+        reference=REFERENCE,
         limits=LIMITS,
     )
     assert not verdict.passed

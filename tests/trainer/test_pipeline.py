@@ -50,6 +50,10 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     )
     assert policy.version == "v1" and policy.manifest.parent == "v0"
     assert run.stages["reward_model"].outputs["heldout_accuracy"] >= 0.55
+    gate = run.stages["policy_gate"].outputs
+    # The tax and the collapse checks against the reference (v0), the win rate on its bound.
+    assert gate["reference_version"] == "v0" and set(gate["reference"]) == set(gate["candidate"])
+    assert gate["win_rate_lower_bound"] <= gate["win_rate"] and gate["alpha"] == 0.05
     # Prometheus shows the PPO stage's last iteration.
     assert ppo_gauge("objective/kl") == run.stages["ppo"].outputs["objective/kl"]
     # The same comparisons do not start a second run.
@@ -146,7 +150,7 @@ def test_the_policy_gate_rejects_a_policy_wrecked_by_training(
 
     run = trainer.store.get(run_id)
     assert run.status == "rejected" and outcome.startswith("rejected at policy_gate"), outcome
-    assert "ptx perplexity" in run.stages["policy_gate"].reason
+    assert "perplexity on untrained text" in run.stages["policy_gate"].reason
     assert "promote" not in run.stages
     assert model_store.promoted("policy").version == "v0"  # users keep the old policy
     assert model_store.get("policy", "v1").status == "rejected"

@@ -47,4 +47,4 @@ def test_a_small_run_on_the_real_base_model(feedback, env, real_store, tmp_path,
     assert registry.promoted("policy").version == "v1"
     assert registry.promoted("reward").version == "v0"
     gate = run.stages["policy_gate"].outputs
-    assert gate["ptx_perplexity_ratio"] < 1.25 and gate["kl"] < 20
+    assert gate["tax_perplexity_ratio"] < 1.25 and gate["kl"] < 20

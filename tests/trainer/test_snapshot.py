@@ -1,6 +1,6 @@
 """Snapshots exported from the real feedback service: every group with its pairs, held-out
-groups chosen by comparison id (the same in every export), windows that continue where the
-last one ended, and files that are written once."""
+groups chosen by prompt (the same in every export, every group of a prompt on one side),
+windows that continue where the last one ended, and files that are written once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from itertools import combinations
 import pytest
 
 from services.trainer import snapshot
-from services.trainer.snapshot import is_heldout
+from services.trainer.snapshot import is_heldout, prompt_key
+from services.trainer.stages.policy import prompts
 from tests.harness import internal_channel
 from tests.trainer.trainer_helpers import record_great_rankings, record_ranking
 
@@ -40,7 +41,7 @@ def test_an_export_writes_every_group_with_its_pairs_and_heldout_marks(feedback,
     assert taken.heldout_groups == sum(g.heldout for g in groups)
     assert len({g.comparison_id for g in groups}) == 13
     for group in groups:
-        assert group.heldout == is_heldout(group.comparison_id, HELDOUT_PERCENT)
+        assert group.heldout == is_heldout(prompt_key(group.prompt), HELDOUT_PERCENT)
         assert len(group.answers) == 3 and len(group.model_versions) == 3
         assert set(group.pairs) == set(combinations(range(3), 2))
 
@@ -57,7 +58,7 @@ def test_an_export_writes_every_group_with_its_pairs_and_heldout_marks(feedback,
 
 def test_the_same_groups_are_held_out_in_every_export(feedback, channel, tmp_path):
     record_great_rankings(feedback.stub, feedback.http, 20)
-    # Half held out: 20 groups all on one side would make this check empty (p = 2e-6).
+    # Half held out: 12 of these 20 prompts, so both sides are checked.
     first = snapshot.export(channel, tmp_path, None, 50)
     second = snapshot.export(channel, tmp_path, None, 50)
     assert first.id != second.id
@@ -65,6 +66,45 @@ def test_the_same_groups_are_held_out_in_every_export(feedback, channel, tmp_pat
     assert marks == {g.comparison_id: g.heldout for g in snapshot.read(second.path)}
     assert len(marks) == 20 and len(set(marks.values())) == 2
     assert first.heldout_groups == second.heldout_groups
+
+
+def test_every_group_of_a_prompt_lies_on_one_side_whoever_rated_it(feedback, channel, tmp_path):
+    """Three raters rank answers to each of 12 prompts (each group its own comparison id): all
+    three groups of a prompt are held out, or none, though their comparison ids would split."""
+    prompts = [f"Shared question {i}?" for i in range(12)]
+    for prompt in prompts:
+        for rater in range(3):
+            record_ranking(feedback.stub, feedback.http, prompt, [f"yes {rater}", f"no {rater}"])
+
+    groups = list(snapshot.read(snapshot.export(channel, tmp_path, None, HELDOUT_PERCENT).path))
+
+    sides: dict[str, set[bool]] = {}
+    by_comparison_id: dict[str, set[bool]] = {}
+    for group in groups:
+        text = group.prompt[0]["content"]
+        sides.setdefault(text, set()).add(group.heldout)
+        by_comparison_id.setdefault(text, set()).add(
+            is_heldout(group.comparison_id, HELDOUT_PERCENT)
+        )
+    assert len(groups) == 36 and set(sides) == set(prompts)
+    assert all(len(side) == 1 for side in sides.values()), sides
+    assert {True, False} == {side for (side,) in sides.values()}  # both sides are checked
+    # What a split by comparison id would have done: some prompt on both sides (all twelve
+    # on one side each has probability (0.3^3 + 0.7^3)^12 = 6e-6).
+    assert any(len(side) == 2 for side in by_comparison_id.values())
+
+
+def test_the_policy_trains_on_no_prompt_the_gate_judges_on(feedback, channel, tmp_path):
+    for i in range(10):
+        for rater in range(2):
+            record_ranking(feedback.stub, feedback.http, f"Topic {i}?", [f"a{rater}", f"b{rater}"])
+    taken = snapshot.export(channel, tmp_path, None, HELDOUT_PERCENT)
+
+    train, held = prompts(taken.path, heldout=False), prompts(taken.path, heldout=True)
+
+    assert train and held
+    assert not {prompt_key(p) for p in train} & {prompt_key(p) for p in held}
+    assert len(train) + len(held) == 10  # each prompt once, on its side
 
 
 def test_an_export_since_the_last_one_holds_only_the_new_groups(feedback, channel, tmp_path):
@@ -103,7 +143,10 @@ def test_the_file_holds_exactly_what_the_export_reported(feedback, channel, tmp_
 
 
 def test_heldout_choice_is_deterministic_and_close_to_the_asked_share():
-    ids = [f"cmp_{uuid.UUID(int=i).hex}" for i in range(10_000)]
+    ids = [
+        prompt_key([{"role": "user", "content": f"Prompt {uuid.UUID(int=i).hex}"}])
+        for i in range(10_000)
+    ]
     for percent in (10, 20, 50):
         chosen = [is_heldout(i, percent) for i in ids]
         assert chosen == [is_heldout(i, percent) for i in ids]

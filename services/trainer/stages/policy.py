@@ -20,24 +20,40 @@ from transformers import AutoModelForCausalLM
 from services.common.model_loading import load_tokenizer, pick_device
 from services.common.registry import ModelRegistry, VersionInfo
 from services.rlhf.config import to_dict
-from services.rlhf.evaluation import kl_to_reference, perplexity, win_rate_with_interval
+from services.rlhf.evaluation import (
+    kl_to_reference,
+    lower_confidence_bound,
+    perplexity,
+    win_rate_with_interval,
+)
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.metric_names import standard_metrics
 from services.rlhf.ppo import PPOConfig, PPOTrainer
 from services.rlhf.reward_reading import read_rewards
 from services.trainer import snapshot
-from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate
+from services.trainer.gates import AnswerStats, Estimate, PolicyLimits, policy_gate
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 PTX_FILE = Path(__file__).resolve().parents[1] / "data" / "ptx.txt"
+TAX_FILE = Path(__file__).resolve().parents[1] / "data" / "tax.txt"
+
+
+def _paragraphs(path: Path) -> list[str]:
+    return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
 
 
 def ptx_texts() -> list[str]:
-    """The shipped pretraining-style texts (paragraphs separated by blank lines)."""
-    return [p.strip() for p in PTX_FILE.read_text().split("\n\n") if p.strip()]
+    """The shipped pretraining-style texts PPO-ptx trains on (paragraphs)."""
+    return _paragraphs(PTX_FILE)
+
+
+def tax_texts() -> list[str]:
+    """General texts no stage trains on (shipped apart from the ptx texts): the alignment
+    tax is the candidate's perplexity on these over the reference policy's."""
+    return _paragraphs(TAX_FILE)
 
 
 def prompts(dataset: Path, heldout: bool) -> list[list[dict[str, str]]]:
@@ -45,7 +61,7 @@ def prompts(dataset: Path, heldout: bool) -> list[list[dict[str, str]]]:
     seen: dict[str, list[dict[str, str]]] = {}
     for group in snapshot.read(dataset):
         if group.heldout == heldout:
-            seen.setdefault(json.dumps(group.prompt, sort_keys=True), group.prompt)
+            seen.setdefault(snapshot.prompt_key(group.prompt), group.prompt)
     return list(seen.values())
 
 
@@ -179,35 +195,51 @@ def gate(ctx: StageContext) -> StageResult:
         sum(verdicts[i : i + samples]) / samples for i in range(0, len(verdicts), samples)
     ]
     win_rate, low, high = win_rate_with_interval(per_prompt, settings.bootstrap_samples)
-    texts = ptx_texts()
-    ptx_ratio = perplexity(candidate, tokenizer, texts) / perplexity(promoted, tokenizer, texts)
+    alpha = settings.gate_alpha
+    win_lower = lower_confidence_bound(per_prompt, settings.bootstrap_samples, alpha)
     del rm, promoted  # one model fewer in memory before the reference loads
 
+    # Against the fixed reference, so no allowance compounds over promotions: the tax on text
+    # no stage trains on, KL, and the collapse checks on the reference's own answers.
     reference = _causal_lm(reference_info.path, device)
+    texts = tax_texts()
+    tax_ratio = perplexity(candidate, tokenizer, texts) / perplexity(reference, tokenizer, texts)
     kl = kl_to_reference(
         candidate, reference, ours.prompt_ids, ours.answer_ids, tokenizer.pad_token_id
     )
+    torch.manual_seed(0)
+    referenced = generate(reference, tokenizer, asked, sampling, with_logprobs=False)
     eos = tokenizer.eos_token_id
     candidate_stats = AnswerStats.of(ours.answer_ids, ours.texts, eos)
-    promoted_stats = AnswerStats.of(theirs.answer_ids, theirs.texts, eos)
+    reference_stats = AnswerStats.of(referenced.answer_ids, referenced.texts, eos)
     limits = PolicyLimits(
         min_win_rate=settings.min_win_rate,
         max_kl=settings.max_kl,
-        max_ptx_perplexity_ratio=settings.max_ptx_perplexity_ratio,
+        max_tax_perplexity_ratio=settings.max_tax_perplexity_ratio,
         min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
         min_length_ratio=settings.min_length_ratio,
         min_distinct_ratio=settings.min_distinct_ratio,
     )
-    verdict = policy_gate(win_rate, kl, ptx_ratio, candidate_stats, promoted_stats, limits)
+    verdict = policy_gate(
+        Estimate(win_rate, win_lower, alpha),
+        kl,
+        tax_ratio,
+        candidate_stats,
+        reference_stats,
+        limits,
+    )
     outputs = {
         "win_rate": win_rate,
+        "win_rate_lower_bound": win_lower,
+        "alpha": alpha,
         "win_rate_ci90": [low, high],
         "kl": kl,
-        "ptx_perplexity_ratio": ptx_ratio,
+        "tax_perplexity_ratio": tax_ratio,
         "prompts": len(held_prompts),
         "samples_per_prompt": samples,
         "candidate": vars(candidate_stats),
-        "promoted": vars(promoted_stats),
+        "reference": vars(reference_stats),
+        "reference_version": reference_info.version,
     }
     log.info("policy gate: %s", json.dumps(outputs))
     if not verdict.passed:

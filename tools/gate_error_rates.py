@@ -1,0 +1,87 @@
+"""How often the policy gate promotes, by the real decision code on simulated verdicts.
+
+``python -m tools.gate_error_rates`` prints the table in docs/trainer.md: for several numbers
+of held-out prompts, the share of candidates promoted when they are exactly as good as the
+promoted policy (the false promotion rate) and when they win 60% or 65% of comparisons (the
+power). tests/trainer/test_gate_error_rates.py checks the two rates the defaults promise.
+
+The model of the verdicts: each of a prompt's answers wins its comparison independently with
+probability ``p``, no ties. Prompts that differ in how much the candidate helps add variance
+between prompts; the bound resamples prompts, so it widens with it, and the power falls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from services.rlhf.evaluation import lower_confidence_bound
+from services.trainer.gates import AnswerStats, Estimate, PolicyLimits, policy_gate
+from services.trainer.settings import TrainerSettings
+
+# Every check but the win rate passes, so the share promoted is the win-rate rule's alone.
+_SAME_ANSWERS = AnswerStats(end_of_turn_rate=0.9, mean_length=40.0, distinct_rate=0.9)
+
+
+def promoted_share(
+    win_probability: float,
+    prompts: int,
+    samples_per_prompt: int,
+    settings: TrainerSettings,
+    trials: int,
+    seed: int = 0,
+) -> float:
+    """The share of ``trials`` simulated gates that pass a candidate whose every answer wins
+    with ``win_probability``, asked ``prompts`` held-out prompts ``samples_per_prompt`` times."""
+    rng = random.Random(seed)
+    limits = PolicyLimits(
+        min_win_rate=settings.min_win_rate,
+        max_kl=settings.max_kl,
+        max_tax_perplexity_ratio=settings.max_tax_perplexity_ratio,
+        min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
+        min_length_ratio=settings.min_length_ratio,
+        min_distinct_ratio=settings.min_distinct_ratio,
+    )
+    passed = 0
+    for _ in range(trials):
+        per_prompt = [
+            sum(rng.random() < win_probability for _ in range(samples_per_prompt))
+            / samples_per_prompt
+            for _ in range(prompts)
+        ]
+        rate = sum(per_prompt) / prompts
+        # As the stage asks it: the bootstrap's own fixed seed, the data drawn anew.
+        lower = lower_confidence_bound(per_prompt, settings.bootstrap_samples, settings.gate_alpha)
+        verdict = policy_gate(
+            Estimate(rate, lower, settings.gate_alpha),
+            kl=1.0,
+            tax_perplexity_ratio=1.0,
+            candidate=_SAME_ANSWERS,
+            reference=_SAME_ANSWERS,
+            limits=limits,
+        )
+        passed += verdict.passed
+    return passed / trials
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=2000)
+    args = parser.parse_args()
+    settings = TrainerSettings()
+    samples = settings.gate_samples_per_prompt
+    print(
+        f"alpha {settings.gate_alpha}, bound above {settings.min_win_rate}, "
+        f"{samples} answers per prompt, {args.trials} simulated gates per cell"
+    )
+    print("| held-out prompts | promoted when equal | when winning 60% | when winning 65% |")
+    print("|---|---|---|---|")
+    for prompts in (8, 16, 32, 64, 128):
+        shares = [
+            promoted_share(p, prompts, samples, settings, args.trials) for p in (0.5, 0.6, 0.65)
+        ]
+        print(f"| {prompts} | " + " | ".join(f"{share:.1%}" for share in shares) + " |")
+
+
+if __name__ == "__main__":
+    main()
