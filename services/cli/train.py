@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 _SHOWN = {
     "snapshot": ("groups", "heldout_groups", "pairs"),
     "reward_model": ("version", "heldout_accuracy"),
+    "judge_model": ("version", "heldout_accuracy"),
     "rm_gate": ("heldout_accuracy", "promoted_accuracy", "promoted"),
     "ppo": ("version", "objective/kl", "objective/scores"),
     "policy_gate": (

@@ -37,7 +37,9 @@ from typing import Any, Literal
 
 from services.common.atomic_files import fsync_dir, write_atomically
 
-ROLES = ("policy", "reward")
+# "judge": the reward model the policy gate asks, trained on comparisons the policy's reward
+# model never saw (services/trainer/stages/reward.py); nothing serves it.
+ROLES = ("policy", "reward", "judge")
 Status = Literal["candidate", "promoted", "retired", "rejected", "rolled-back"]
 MANIFEST = "manifest.json"
 STATE = "state.json"

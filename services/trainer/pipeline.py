@@ -28,8 +28,16 @@ from services.trainer.store.runs import LostFence, Run, RunStore
 
 log = logging.getLogger(__name__)
 
-STAGES = ("snapshot", "reward_model", "rm_gate", "ppo", "policy_gate", "promote")
-HEAVY = frozenset({"reward_model", "rm_gate", "ppo", "policy_gate"})
+STAGES = (
+    "snapshot",
+    "reward_model",
+    "judge_model",
+    "rm_gate",
+    "ppo",
+    "policy_gate",
+    "promote",
+)
+HEAVY = frozenset({"reward_model", "judge_model", "rm_gate", "ppo", "policy_gate"})
 metrics.create_run_series(STAGES)
 
 
@@ -153,10 +161,19 @@ class RunDriver:
         if not outcome.succeeded:
             raise StageCrashed(f"exit {outcome.exit_code}: {outcome.log_tail[-1500:]}")
         result = StageResult.read(ctx.work_dir)
+        if stage == "judge_model" and result.status == "done":
+            self._keep_judge(ctx, result.outputs["version"])
         if stage == "rm_gate" and result.status == "done":
             # Promoted before PPO starts, so the reward service serves the RM PPO trains on.
             promote(ctx.registry, self.settings.redis_url, "reward", result.outputs["promoted"])
         return result
+
+    def _keep_judge(self, ctx: StageContext, version: str) -> None:
+        """The judge serves no one: promoted so the next run's judge starts from it (unless
+        the stage kept the promoted one, having nothing new to learn)."""
+        promoted = ctx.registry.promoted("judge")
+        if promoted is None or promoted.version != version:
+            promote(ctx.registry, self.settings.redis_url, "judge", version)
 
     def _snapshot(self, ctx: StageContext, fence: int) -> StageResult:
         trained = self.store.last_finished(("succeeded",))

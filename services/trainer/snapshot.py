@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -40,6 +40,17 @@ def is_heldout(key: str, percent: int) -> bool:
     return int.from_bytes(digest[:4], "big") % 100 < percent
 
 
+RewardFold = Literal["reward", "judge"]
+
+
+def fold(prompt: list[dict[str, str]]) -> RewardFold:
+    """Which reward model a training group of ``prompt`` trains (cross-fitting): the one PPO
+    optimises against ("reward") or the policy gate's judge ("judge"). Disjoint halves by
+    prompt, so the judge has never seen a comparison the policy was optimised on."""
+    digest = hashlib.sha256(("fold:" + prompt_key(prompt)).encode()).digest()
+    return "judge" if digest[0] & 1 else "reward"
+
+
 @dataclass(frozen=True)
 class Group:
     """One comparison group as the trainer stores it (one JSON line)."""
@@ -50,6 +61,8 @@ class Group:
     pairs: list[tuple[int, int]]
     model_versions: list[str]
     heldout: bool
+    # When the feedback was recorded (ISO 8601, UTC); empty in files written before it was kept.
+    recorded_at: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -133,6 +146,7 @@ def _group(message: feedback_pb2.ComparisonGroup, heldout_percent: int) -> Group
         pairs=[(p.better, p.worse) for p in message.pairs],
         model_versions=[c.model_version for c in message.candidates],
         heldout=is_heldout(prompt_key(prompt), heldout_percent),
+        recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC).isoformat(),
     )
 
 

@@ -24,6 +24,7 @@ from services.trainer.stages.context import StageContext, StageResult
 
 HEAVY_STAGES: dict[str, Callable[[StageContext], StageResult]] = {
     "reward_model": reward.train,
+    "judge_model": reward.train_judge,
     "rm_gate": reward.gate,
     "ppo": policy.train,
     "policy_gate": policy.gate,

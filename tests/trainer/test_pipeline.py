@@ -36,6 +36,7 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     assert [s for s in run.stages] == [
         "snapshot",
         "reward_model",
+        "judge_model",
         "rm_gate",
         "ppo",
         "policy_gate",
@@ -51,6 +52,20 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     assert policy.version == "v1" and policy.manifest.parent == "v0"
     assert run.stages["reward_model"].outputs["heldout_accuracy"] >= 0.55
     gate = run.stages["policy_gate"].outputs
+    # The policy gate's judge is not the reward model PPO optimised against: another model,
+    # trained on the other half of the training prompts.
+    assert gate["reward_model"] == f"reward/{run.stages['reward_model'].outputs['version']}"
+    assert gate["judge"] == f"judge/{run.stages['judge_model'].outputs['version']}"
+    judge = model_store.get("judge", run.stages["judge_model"].outputs["version"])
+    assert judge.path != reward.path and model_store.promoted("judge").version == judge.version
+    judge_groups = run.stages["judge_model"].outputs["groups"]
+    reward_groups = run.stages["reward_model"].outputs["groups"]
+    assert judge_groups > 0 and reward_groups > 0
+    assert (
+        judge_groups + reward_groups
+        == run.stages["snapshot"].outputs["groups"]
+        - (run.stages["snapshot"].outputs["heldout_groups"])
+    )
     # The tax and the collapse checks against the reference (v0), the win rate on its bound.
     assert gate["reference_version"] == "v0" and set(gate["reference"]) == set(gate["candidate"])
     assert gate["win_rate_lower_bound"] <= gate["win_rate"] and gate["alpha"] == 0.05

@@ -13,6 +13,7 @@ import pytest
 from services.trainer import snapshot
 from services.trainer.snapshot import is_heldout, prompt_key
 from services.trainer.stages.policy import prompts
+from services.trainer.stages.reward import comparisons
 from tests.harness import internal_channel
 from tests.trainer.trainer_helpers import record_great_rankings, record_ranking
 
@@ -105,6 +106,21 @@ def test_the_policy_trains_on_no_prompt_the_gate_judges_on(feedback, channel, tm
     assert train and held
     assert not {prompt_key(p) for p in train} & {prompt_key(p) for p in held}
     assert len(train) + len(held) == 10  # each prompt once, on its side
+
+
+def test_the_judge_and_the_reward_model_train_on_disjoint_prompts(feedback, channel, tmp_path):
+    record_great_rankings(feedback.stub, feedback.http, 30)
+    for rater in range(2):  # a second rater of some prompts: same prompt, same half
+        for i in range(10):
+            record_ranking(feedback.stub, feedback.http, f"Describe item {i}.", [f"x{rater}", "y"])
+    dataset = snapshot.export(channel, tmp_path, None, HELDOUT_PERCENT).path
+
+    halves = {role: comparisons(dataset, heldout=False, fold=role) for role in ("reward", "judge")}
+
+    keys = {role: {prompt_key(c.prompt) for c in half} for role, half in halves.items()}
+    assert keys["reward"] and keys["judge"]
+    assert not keys["reward"] & keys["judge"]
+    assert len(halves["reward"]) + len(halves["judge"]) == len(comparisons(dataset, False))
 
 
 def test_an_export_since_the_last_one_holds_only_the_new_groups(feedback, channel, tmp_path):

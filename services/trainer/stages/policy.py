@@ -163,7 +163,12 @@ def gate(ctx: StageContext) -> StageResult:
     candidate_info = registry.get("policy", ctx.inputs["ppo"]["version"])
     promoted_info = registry.promoted("policy")
     reference_info = reference_version(registry, settings.reference_version)
+    # The judge, not the reward model PPO optimised against: trained on the other half of the
+    # comparisons (stages/reward.py), so reward hacking does not count as winning.
     rm_info = registry.get("reward", ctx.inputs["reward_model"]["version"])
+    judge_info = registry.get("judge", ctx.inputs["judge_model"]["version"])
+    if judge_info.path.resolve() == rm_info.path.resolve():
+        raise RuntimeError("the policy gate's judge is the reward model PPO optimised against")
     tokenizer = load_tokenizer(candidate_info.path)
     held_prompts = prompts(Path(ctx.inputs["snapshot"]["dataset"]), heldout=True)
     held_prompts = held_prompts[: settings.gate_prompts]
@@ -182,8 +187,8 @@ def gate(ctx: StageContext) -> StageResult:
     torch.manual_seed(0)
     theirs = generate(promoted, tokenizer, asked, sampling, with_logprobs=False)
 
-    rm = ScalarHeadModel.from_pretrained(rm_info.path, device=str(device))
-    scored = functools.partial(read_rewards, rm, tokenizer, max_length=settings.rm_max_length)
+    judge = ScalarHeadModel.from_pretrained(judge_info.path, device=str(device))
+    scored = functools.partial(read_rewards, judge, tokenizer, max_length=settings.rm_max_length)
     ours_scores = scored(list(zip(asked, ours.texts, strict=True)))
     their_scores = scored(list(zip(asked, theirs.texts, strict=True)))
     verdicts = [
@@ -197,7 +202,7 @@ def gate(ctx: StageContext) -> StageResult:
     win_rate, low, high = win_rate_with_interval(per_prompt, settings.bootstrap_samples)
     alpha = settings.gate_alpha
     win_lower = lower_confidence_bound(per_prompt, settings.bootstrap_samples, alpha)
-    del rm, promoted  # one model fewer in memory before the reference loads
+    del judge, promoted  # two models fewer in memory before the reference loads
 
     # Against the fixed reference, so no allowance compounds over promotions: the tax on text
     # no stage trains on, KL, and the collapse checks on the reference's own answers.
@@ -240,6 +245,8 @@ def gate(ctx: StageContext) -> StageResult:
         "candidate": vars(candidate_stats),
         "reference": vars(reference_stats),
         "reference_version": reference_info.version,
+        "judge": f"judge/{judge_info.version}",
+        "reward_model": f"reward/{rm_info.version}",
     }
     log.info("policy gate: %s", json.dumps(outputs))
     if not verdict.passed:
