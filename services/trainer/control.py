@@ -21,10 +21,10 @@ from services.common.registry import ModelRegistry
 from services.common.service_auth import service_channel
 from services.trainer.executors.base import Executor
 from services.trainer.executors.local import LocalExecutor
-from services.trainer.gates import rollback_due
 from services.trainer.lease import Lease
 from services.trainer.pipeline import RunDriver
 from services.trainer.promotion import roll_back
+from services.trainer.sequential import rollback_due
 from services.trainer.settings import TrainerSettings
 from services.trainer.store.runs import Run, RunStore
 from services.trainer.trigger import decide
@@ -95,8 +95,8 @@ class Trainer:
         return {"cancelled": run.id, "reason": "the run stops at its next check"}
 
     def watch_rollback(self) -> dict[str, Any]:
-        """Roll the promoted policy back when its live thumbs-up ratio fell below its
-        parent's (each version judged once)."""
+        """Roll the promoted policy back once its live thumbs-up rate is shown below its
+        parent's by the always-valid test (each version rolled back at most once)."""
         promoted = self.registry.promoted("policy")
         if promoted is None or promoted.manifest.parent is None:
             return {"rolled_back": None, "reason": "no promoted policy with a parent"}
@@ -107,8 +107,9 @@ class Trainer:
         verdict = rollback_due(
             *thumbs.get(version, (0, 0)),
             *thumbs.get(parent, (0, 0)),
+            alpha=self.settings.rollback_alpha,
             margin=self.settings.rollback_margin,
-            min_votes=self.settings.rollback_min_votes,
+            planned_votes=self.settings.rollback_planned_votes,
         )
         if not verdict.passed:
             return {"rolled_back": None, "reason": verdict.reason}

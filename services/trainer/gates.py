@@ -140,26 +140,3 @@ def policy_gate(
     ]
     reasons = [why for ok, why in checks if not ok]
     return Verdict(not reasons, reasons)
-
-
-def rollback_due(
-    version_up: int,
-    version_down: int,
-    parent_up: int,
-    parent_down: int,
-    *,
-    margin: float,
-    min_votes: int,
-) -> Verdict:
-    """Whether a promoted version's live thumbs-up ratio fell ``margin`` below its parent's,
-    both with at least ``min_votes`` thumbs. ``passed`` means: roll back."""
-    votes, parent_votes = version_up + version_down, parent_up + parent_down
-    if votes < min_votes or parent_votes < min_votes:
-        return Verdict(False, [f"too few votes ({votes}, parent {parent_votes}; need {min_votes})"])
-    ratio, parent_ratio = version_up / votes, parent_up / parent_votes
-    if ratio < parent_ratio - margin:
-        return Verdict(
-            True,
-            [f"thumbs-up {ratio:.3f} < parent's {parent_ratio:.3f} - {margin} ({votes} votes)"],
-        )
-    return Verdict(False, [f"thumbs-up {ratio:.3f} vs parent's {parent_ratio:.3f}: within margin"])

@@ -187,14 +187,26 @@ class TrainerSettings(ServiceSettings):
         description="Times a failed stage (a crash, not a gate) is retried from its "
         "checkpoint before the run fails.",
     )
-    rollback_margin: float = Field(
-        0.1,
-        ge=0,
-        description="Roll back a promoted policy whose live thumbs-up ratio falls this far "
-        "below its parent's.",
+    # The rollback watch's test (services/trainer/sequential.py): always valid, however
+    # often it looks; docs/trainer.md's table gives its error rates and the votes it needs.
+    rollback_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Chance that a version as good as its parent is ever rolled back while it "
+        "serves (the watch may look as often as it likes).",
     )
-    rollback_min_votes: int = Field(
-        30, ge=1, description="Thumbs each version needs before the rollback watch judges it."
+    rollback_margin: float = Field(
+        0.0,
+        ge=0,
+        description="Roll back a promoted policy only when its thumbs-up rate is shown below "
+        "its parent's by more than this.",
+    )
+    rollback_planned_votes: int = Field(
+        300,
+        ge=10,
+        description="Votes per version near which the test is most sensitive (it stays valid "
+        "at every count).",
     )
     rollback_check_s: float = Field(120.0, gt=0, description="How often the rollback watch runs.")
 

@@ -149,7 +149,6 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     # 3 pairs a ranking, over the 60 that start a run.
     record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     deployment.env.update(
-        FLYWHEEL_TRAINER_ROLLBACK_MIN_VOTES="4",
         FLYWHEEL_TRAINER_PPO_EPOCHS="2",
         FLYWHEEL_TRAINER_PPO_SCORE_CUT_ANSWERS="true",
         FLYWHEEL_TRAINER_GATE_SAMPLES_PER_PROMPT="2",
@@ -211,9 +210,10 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     }
     assert len(model_store.versions("policy")) == 2
 
-    # Users liked v0's answers and dislike v1's: beat's rollback watch puts v0 back.
-    record_thumbs(feedback.stub, feedback.http, "v0", 1, 4)
-    record_thumbs(feedback.stub, feedback.http, "v1", -1, 4)
+    # Users liked v0's answers and dislike v1's: beat's rollback watch puts v0 back (30 votes
+    # each, all one way, is where the always-valid test first tells them apart at alpha 0.05).
+    record_thumbs(feedback.stub, feedback.http, "v0", 1, 30)
+    record_thumbs(feedback.stub, feedback.http, "v1", -1, 30)
     wait_for(lambda: model_store.promoted("policy").version == "v0", 30, "the rollback")
     assert deployment.store.rolled_back("v1")
     wait_for(lambda: served_version(engine) == "v0", 30, "the engine to serve v0 again")

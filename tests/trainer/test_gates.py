@@ -1,5 +1,5 @@
-"""The gates: what passes a reward model and a policy, and when a promoted policy is rolled
-back, each rule on its own numbers."""
+"""The gates: what passes a reward model and a policy, each rule on its own numbers (the
+rollback watch's test: test_sequential.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from services.trainer.gates import (
     PolicyLimits,
     policy_gate,
     reward_model_gate,
-    rollback_due,
 )
 
 # ---- the reward model gate ------------------------------------------------------------------
@@ -156,33 +155,3 @@ def test_every_failed_check_is_reported_together():
     assert not verdict.passed
     assert len(verdict.reasons) == 6  # all but the negative-KL check
     assert verdict.reason == "; ".join(verdict.reasons)
-
-
-# ---- the rollback watch ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("version", "parent"),
-    [((5, 24), (90, 10)), ((90, 10), (5, 24)), ((1, 1), (1, 1))],
-    ids=["version_short", "parent_short", "both_short"],
-)
-def test_too_few_votes_on_either_side_never_roll_back(version, parent):
-    verdict = rollback_due(*version, *parent, margin=0.1, min_votes=30)
-    assert verdict.passed is False
-    votes, parent_votes = sum(version), sum(parent)
-    assert verdict.reasons == [
-        f"too few votes ({votes}, parent {parent_votes}; need 30)",
-    ]
-
-
-def test_a_drop_beyond_the_margin_rolls_back_and_says_why():
-    verdict = rollback_due(20, 20, 80, 20, margin=0.1, min_votes=30)
-    assert verdict.passed is True
-    assert verdict.reasons == ["thumbs-up 0.500 < parent's 0.800 - 0.1 (40 votes)"]
-
-
-@pytest.mark.parametrize("version_up", [75, 80, 95])
-def test_a_drop_within_the_margin_or_a_gain_does_not_roll_back(version_up):
-    verdict = rollback_due(version_up, 100 - version_up, 80, 20, margin=0.1, min_votes=30)
-    assert verdict.passed is False
-    assert "within margin" in verdict.reason
