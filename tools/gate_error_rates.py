@@ -1,4 +1,4 @@
-"""How often the policy gate promotes, by the real decision code on simulated verdicts.
+"""How often the gates pass, by the real decision code on simulated verdicts.
 
 ``python -m tools.gate_error_rates`` prints the table in docs/trainer.md: for several numbers
 of held-out prompts, the share of candidates promoted when they are exactly as good as the
@@ -16,7 +16,13 @@ import argparse
 import random
 
 from services.rlhf.evaluation import lower_confidence_bound
-from services.trainer.gates import AnswerStats, Estimate, PolicyLimits, policy_gate
+from services.trainer.gates import (
+    AnswerStats,
+    Estimate,
+    PolicyLimits,
+    policy_gate,
+    reward_model_gate,
+)
 from services.trainer.settings import TrainerSettings
 
 # Every check but the win rate passes, so the share promoted is the win-rate rule's alone.
@@ -64,6 +70,38 @@ def promoted_share(
     return passed / trials
 
 
+def rm_passed_share(
+    new_accuracy: float,
+    promoted_accuracy: float,
+    groups: int,
+    settings: TrainerSettings,
+    trials: int,
+    pairs_per_group: int = 3,
+    seed: int = 0,
+) -> float:
+    """The share of ``trials`` simulated RM gates that pass a new RM (each pair ordered right
+    with ``new_accuracy``) against a promoted one (``promoted_accuracy``), on ``groups``
+    held-out groups of ``pairs_per_group`` pairs; the two models err independently."""
+    rng = random.Random(seed)
+
+    def group_accuracy(p: float) -> float:
+        return sum(rng.random() < p for _ in range(pairs_per_group)) / pairs_per_group
+
+    passed = 0
+    for _ in range(trials):
+        ours = [group_accuracy(new_accuracy) for _ in range(groups)]
+        gains = [a - group_accuracy(promoted_accuracy) for a in ours]
+        alpha, resamples = settings.gate_alpha, settings.bootstrap_samples
+        verdict = reward_model_gate(
+            Estimate(sum(ours) / groups, lower_confidence_bound(ours, resamples, alpha), alpha),
+            Estimate(sum(gains) / groups, lower_confidence_bound(gains, resamples, alpha), alpha),
+            tolerance=settings.rm_gate_tolerance,
+            first_margin=settings.rm_first_margin,
+        )
+        passed += verdict.passed
+    return passed / trials
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2000)
@@ -81,6 +119,18 @@ def main() -> None:
             promoted_share(p, prompts, samples, settings, args.trials) for p in (0.5, 0.6, 0.65)
         ]
         print(f"| {prompts} | " + " | ".join(f"{share:.1%}" for share in shares) + " |")
+    print(
+        f"\nRM gate: tolerance {settings.rm_gate_tolerance}, 3 pairs a group, models at 0.7 "
+        "accuracy erring independently"
+    )
+    print("| held-out groups | passed when equal | when 0.05 worse | when 0.10 worse |")
+    print("|---|---|---|---|")
+    for groups in (10, 25, 50, 100, 200):
+        shares = [
+            rm_passed_share(0.7 - loss, 0.7, groups, settings, args.trials)
+            for loss in (0.0, 0.05, 0.10)
+        ]
+        print(f"| {groups} | " + " | ".join(f"{share:.1%}" for share in shares) + " |")
 
 
 if __name__ == "__main__":

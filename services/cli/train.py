@@ -77,7 +77,7 @@ _SHOWN = {
     "snapshot": ("groups", "heldout_groups", "pairs"),
     "reward_model": ("version", "heldout_accuracy"),
     "judge_model": ("version", "heldout_accuracy"),
-    "rm_gate": ("heldout_accuracy", "promoted_accuracy", "promoted"),
+    "rm_gate": ("heldout_accuracy", "accuracy_lower_bound", "gain_lower_bound", "promoted"),
     "ppo": ("version", "objective/kl", "objective/scores"),
     "policy_gate": (
         "win_rate",

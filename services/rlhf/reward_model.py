@@ -234,6 +234,29 @@ def train_reward_model(
 
 
 @torch.no_grad()
+def accuracy_by_group(
+    model: ScalarHeadModel,
+    tokenizer,
+    comparisons: Sequence[Comparison],
+    max_length: int = 512,
+    batch_size: int = 16,
+) -> list[float]:
+    """Per comparison group (those with pairs), the fraction of its (better, worse) pairs the
+    model orders correctly; an exact tie counts half. Groups are the units a gate resamples."""
+    comparisons = [c for c in comparisons if c.pairs]
+    items = [(c.prompt, a) for c in comparisons for a in c.answers]
+    scores = read_rewards(model, tokenizer, items, max_length, batch_size)
+    accuracies, offset = [], 0
+    for comparison in comparisons:
+        correct = 0.0
+        for better, worse in comparison.pairs:
+            diff = scores[offset + better] - scores[offset + worse]
+            correct += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+        accuracies.append(correct / len(comparison.pairs))
+        offset += len(comparison.answers)
+    return accuracies
+
+
 def pairwise_accuracy(
     model: ScalarHeadModel,
     tokenizer,
@@ -242,18 +265,11 @@ def pairwise_accuracy(
     batch_size: int = 16,
 ) -> float:
     """Fraction of (better, worse) pairs the model orders correctly; an exact tie counts half."""
-    items = [(c.prompt, a) for c in comparisons for a in c.answers]
-    scores = read_rewards(model, tokenizer, items, max_length, batch_size)
-    correct, total, offset = 0.0, 0, 0
-    for comparison in comparisons:
-        for better, worse in comparison.pairs:
-            diff = scores[offset + better] - scores[offset + worse]
-            correct += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-            total += 1
-        offset += len(comparison.answers)
-    if total == 0:
+    per_group = accuracy_by_group(model, tokenizer, comparisons, max_length, batch_size)
+    pairs = [len(c.pairs) for c in comparisons if c.pairs]
+    if not pairs:
         raise ValueError("no pairs to evaluate")
-    return correct / total
+    return sum(a * n for a, n in zip(per_group, pairs, strict=True)) / sum(pairs)
 
 
 def centre_on_references(

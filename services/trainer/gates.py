@@ -29,28 +29,6 @@ class Verdict:
 _ROUNDING = 1e-9
 
 
-def reward_model_gate(
-    accuracy: float, promoted_accuracy: float | None, *, tolerance: float, first_margin: float
-) -> Verdict:
-    """The new RM's held-out accuracy against the promoted RM's on the same held-out set
-    (minus ``tolerance``), or, for the first RM, against chance plus ``first_margin``."""
-    if promoted_accuracy is None:
-        floor = 0.5 + first_margin
-        if accuracy >= floor - _ROUNDING:
-            return Verdict(True)
-        return Verdict(False, [f"held-out accuracy {accuracy:.3f} < {floor:.3f} (chance + margin)"])
-    floor = promoted_accuracy - tolerance
-    if accuracy >= floor - _ROUNDING:
-        return Verdict(True)
-    return Verdict(
-        False,
-        [
-            f"held-out accuracy {accuracy:.3f} < {floor:.3f} (the promoted RM's "
-            f"{promoted_accuracy:.3f} minus {tolerance})"
-        ],
-    )
-
-
 @dataclass(frozen=True)
 class Estimate:
     """A statistic measured on a sample: its value and its one-sided (1 - ``alpha``) lower
@@ -81,6 +59,36 @@ class AnswerStats:
             mean_length=sum(len(a) for a in answers) / n,
             distinct_rate=len(set(texts)) / n,
         )
+
+
+def reward_model_gate(
+    accuracy: Estimate, gain: Estimate | None, *, tolerance: float, first_margin: float
+) -> Verdict:
+    """The new RM on the held-out groups (each group one unit: the share of its pairs ordered
+    right). Against the promoted RM on the very same groups, the lower bound of the gain
+    (new minus promoted, per group) must reach ``-tolerance``: not worse by more than the
+    tolerance, with confidence 1 - alpha. The first RM (``gain`` None): the lower bound of
+    its accuracy must reach chance plus ``first_margin``."""
+    if gain is None:
+        floor = 0.5 + first_margin
+        if accuracy.lower >= floor - _ROUNDING:
+            return Verdict(True)
+        return Verdict(
+            False,
+            [
+                f"held-out accuracy {accuracy.value:.3f}: its {accuracy.confidence} lower bound "
+                f"{accuracy.lower:.3f} < {floor:.3f} (chance + margin)"
+            ],
+        )
+    if gain.lower >= -tolerance - _ROUNDING:
+        return Verdict(True)
+    return Verdict(
+        False,
+        [
+            f"held-out accuracy {accuracy.value:.3f}, {gain.value:+.3f} against the promoted RM: "
+            f"the gain's {gain.confidence} lower bound {gain.lower:+.3f} < -{tolerance}"
+        ],
+    )
 
 
 @dataclass(frozen=True)

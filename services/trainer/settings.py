@@ -76,16 +76,17 @@ class TrainerSettings(ServiceSettings):
         0, ge=0, description="Train only the RM's top N transformer blocks; 0: all of them."
     )
     rm_gate_tolerance: float = Field(
-        0.02,
+        0.05,
         ge=0,
-        description="The new RM may score this much below the promoted RM's held-out accuracy "
-        "on the same held-out set (noise of a small set) and still pass.",
+        description="The lower confidence bound (gate_alpha) of the new RM's held-out accuracy "
+        "gain over the promoted RM, on the same held-out groups, must reach minus this.",
     )
     rm_first_margin: float = Field(
         0.05,
         ge=-0.5,
-        description="The first RM (none promoted yet) must reach 0.5 + this held-out accuracy "
-        "(negative only for demos on a random model, whose answers carry no learnable taste).",
+        description="The lower confidence bound of the first RM's held-out accuracy must reach "
+        "0.5 + this (negative only for demos on a random model, whose answers carry no "
+        "learnable taste).",
     )
 
     # --- PPO and the policy gate -------------------------------------------------------------

@@ -16,39 +16,53 @@ from services.trainer.gates import (
 # ---- the reward model gate ------------------------------------------------------------------
 
 
-def test_the_first_reward_model_must_beat_chance_by_the_margin():
-    assert reward_model_gate(0.60, None, tolerance=0.02, first_margin=0.05).passed
-    refused = reward_model_gate(0.54, None, tolerance=0.02, first_margin=0.05)
+def acc(value: float, lower: float) -> Estimate:
+    return Estimate(value, lower, alpha=0.05)
+
+
+def test_the_first_reward_model_must_beat_chance_by_the_margin_on_its_bound():
+    assert reward_model_gate(acc(0.70, 0.60), None, tolerance=0.05, first_margin=0.05).passed
+    refused = reward_model_gate(acc(0.70, 0.54), None, tolerance=0.05, first_margin=0.05)
     assert not refused.passed
-    assert refused.reasons == ["held-out accuracy 0.540 < 0.550 (chance + margin)"]
+    assert refused.reasons == [
+        "held-out accuracy 0.700: its 95% lower bound 0.540 < 0.550 (chance + margin)"
+    ]
 
 
 def test_the_first_reward_model_exactly_at_chance_plus_margin_passes():
-    assert reward_model_gate(0.75, None, tolerance=0.0, first_margin=0.25).passed
-    # 11 of 20 held-out groups right: 0.55, the default floor.
-    assert reward_model_gate(11 / 20, None, tolerance=0.02, first_margin=0.05).passed
+    assert reward_model_gate(acc(0.8, 0.75), None, tolerance=0.0, first_margin=0.25).passed
+    # 11 of 20: 0.55, the default floor, reached by the bound.
+    assert reward_model_gate(acc(0.7, 11 / 20), None, tolerance=0.05, first_margin=0.05).passed
 
 
-def test_a_later_reward_model_is_judged_against_the_promoted_one_not_chance():
-    # Well above chance + margin, but too far below the promoted RM.
-    refused = reward_model_gate(0.70, 0.80, tolerance=0.02, first_margin=0.05)
+def test_a_later_reward_model_is_judged_on_its_gain_over_the_promoted_one():
+    # Well above chance + margin, but its gain's bound is too far below zero.
+    refused = reward_model_gate(
+        acc(0.70, 0.62), acc(-0.10, -0.16), tolerance=0.05, first_margin=0.05
+    )
     assert not refused.passed
-    assert "0.700 < 0.780" in refused.reason and "0.800" in refused.reason
-    # Slightly below the promoted RM, within the tolerance: passes.
-    assert reward_model_gate(0.79, 0.80, tolerance=0.02, first_margin=0.05).passed
-    # Below chance + margin, but the promoted RM is no better: passes.
-    assert reward_model_gate(0.52, 0.53, tolerance=0.02, first_margin=0.05).passed
+    assert refused.reasons == [
+        "held-out accuracy 0.700, -0.100 against the promoted RM: the gain's 95% lower bound "
+        "-0.160 < -0.05"
+    ]
+    # A small loss whose bound stays within the tolerance: passes.
+    assert reward_model_gate(
+        acc(0.79, 0.7), acc(-0.01, -0.04), tolerance=0.05, first_margin=0.05
+    ).passed
+    # Below chance + margin, but no worse than the promoted RM: passes (chance is the first's).
+    assert reward_model_gate(
+        acc(0.52, 0.4), acc(0.0, -0.03), tolerance=0.05, first_margin=0.05
+    ).passed
 
 
-def test_a_reward_model_exactly_the_tolerance_below_the_promoted_one_passes():
-    assert reward_model_gate(0.5, 0.75, tolerance=0.25, first_margin=0.05).passed
-    # 39 vs 40 of 50 held-out groups at the default tolerance.
-    assert reward_model_gate(39 / 50, 40 / 50, tolerance=0.02, first_margin=0.05).passed
-
-
-def test_the_tolerance_boundary_holds_for_counts_of_a_small_heldout_set():
-    # 7 vs 8 of 10 held-out groups right, rm_gate_tolerance=0.1: exactly at the floor.
-    assert reward_model_gate(7 / 10, 8 / 10, tolerance=0.1, first_margin=0.05).passed
+def test_a_gain_bound_exactly_at_minus_the_tolerance_passes():
+    # 7 vs 8 of 10 groups, as the per-group differences give it: -0.1 exactly.
+    assert reward_model_gate(
+        acc(0.7, 0.5), acc(-0.05, -0.1), tolerance=0.1, first_margin=0.05
+    ).passed
+    assert not reward_model_gate(
+        acc(0.7, 0.5), acc(-0.05, -0.1001), tolerance=0.1, first_margin=0.05
+    ).passed
 
 
 # ---- answer statistics ----------------------------------------------------------------------

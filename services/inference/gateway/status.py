@@ -28,7 +28,7 @@ _TRAINER_STATUS_TASK = "flywheel.trainer.status"
 # Per stage of a run, the measurements the page shows (the CLI's `train status` shows more).
 _STAGE_FIELDS = {
     "snapshot": ("pairs",),
-    "rm_gate": ("heldout_accuracy", "promoted_accuracy"),
+    "rm_gate": ("heldout_accuracy", "accuracy_lower_bound", "promoted_accuracy"),
     "policy_gate": ("win_rate", "win_rate_lower_bound", "win_rate_ci90", "kl"),
     "promote": ("version",),
 }

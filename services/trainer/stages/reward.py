@@ -26,16 +26,18 @@ import torch
 from services.common.model_loading import load_tokenizer, pick_device
 from services.common.registry import VersionInfo
 from services.rlhf.config import to_dict
+from services.rlhf.evaluation import lower_confidence_bound
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.reward_model import (
     Comparison,
     RewardConfig,
+    accuracy_by_group,
     centre_on_references,
     pairwise_accuracy,
     train_reward_model,
 )
 from services.trainer import snapshot
-from services.trainer.gates import reward_model_gate
+from services.trainer.gates import Estimate, reward_model_gate
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ def _train(ctx: StageContext, role: snapshot.RewardFold) -> StageResult:
     references = [(c.prompt, answer) for c in train_set for answer in c.answers]
     shift = centre_on_references(model, tokenizer, references, settings.rm_max_length)
     accuracy = pairwise_accuracy(model, tokenizer, heldout, settings.rm_max_length)
+    by_group = accuracy_by_group(model, tokenizer, heldout, settings.rm_max_length)
     metrics = {
         "heldout_accuracy": accuracy,
         "steps": float(result.steps),
@@ -155,32 +158,63 @@ def _train(ctx: StageContext, role: snapshot.RewardFold) -> StageResult:
         notes=f"trained by {ctx.run_id} on {len(train_set)} comparison groups (the {role} half)",
     )
     log.info("registered %s/%s: held-out accuracy %.3f", role, info.version, accuracy)
-    return StageResult("done", {"version": info.version, **metrics})
+    # The per-group accuracies go to the gate (which resamples them), not into the manifest.
+    return StageResult(
+        "done", {"version": info.version, **metrics, "heldout_group_accuracy": by_group}
+    )
 
 
 def gate(ctx: StageContext) -> StageResult:
     settings, registry = ctx.settings, ctx.registry
-    candidate = ctx.inputs["reward_model"]["version"]
-    accuracy = ctx.inputs["reward_model"]["heldout_accuracy"]
+    trained = ctx.inputs["reward_model"]
+    candidate, accuracy = trained["version"], trained["heldout_accuracy"]
     promoted = registry.promoted("reward")
     if promoted is not None and promoted.version == candidate:
-        # An earlier attempt passed and the worker promoted it, then died before recording.
+        # Kept (nothing new to learn), or an earlier attempt passed and the worker promoted
+        # it, then died before recording.
         return StageResult("done", {"heldout_accuracy": accuracy, "promoted": candidate})
-    promoted_accuracy = None
+    heldout = comparisons(Path(ctx.inputs["snapshot"]["dataset"]), True)
+    device = pick_device(settings.device)
+    ours = trained.get("heldout_group_accuracy")
+    if ours is None:  # a retried training stage that found its version registered
+        info = registry.get("reward", candidate)
+        ours = accuracy_by_group(
+            ScalarHeadModel.from_pretrained(info.path, device=str(device)),
+            load_tokenizer(info.path),
+            heldout,
+            settings.rm_max_length,
+        )
+    alpha, resamples = settings.gate_alpha, settings.bootstrap_samples
+    estimate = Estimate(
+        sum(ours) / len(ours), lower_confidence_bound(ours, resamples, alpha), alpha
+    )
+    outputs: dict = {
+        "heldout_accuracy": accuracy,
+        "accuracy_by_group": estimate.value,
+        "accuracy_lower_bound": estimate.lower,
+        "alpha": alpha,
+        "promoted_accuracy": None,
+    }
+    gain = None
     if promoted is not None:
-        heldout = comparisons(Path(ctx.inputs["snapshot"]["dataset"]), True)
-        device = pick_device(settings.device)
         model = ScalarHeadModel.from_pretrained(promoted.path, device=str(device))
-        promoted_accuracy = pairwise_accuracy(
-            model, load_tokenizer(promoted.path), heldout, settings.rm_max_length
+        tokenizer = load_tokenizer(promoted.path)
+        theirs = accuracy_by_group(model, tokenizer, heldout, settings.rm_max_length)
+        gains = [a - b for a, b in zip(ours, theirs, strict=True)]
+        gain = Estimate(
+            sum(gains) / len(gains), lower_confidence_bound(gains, resamples, alpha), alpha
+        )
+        outputs.update(
+            promoted_accuracy=pairwise_accuracy(model, tokenizer, heldout, settings.rm_max_length),
+            gain=gain.value,
+            gain_lower_bound=gain.lower,
         )
     verdict = reward_model_gate(
-        accuracy,
-        promoted_accuracy,
+        estimate,
+        gain,
         tolerance=settings.rm_gate_tolerance,
         first_margin=settings.rm_first_margin,
     )
-    outputs = {"heldout_accuracy": accuracy, "promoted_accuracy": promoted_accuracy}
     if not verdict.passed:
         if registry.get("reward", candidate).status == "candidate":
             registry.reject("reward", candidate, verdict.reason)
