@@ -55,16 +55,18 @@ def base_tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def _saved_tiny_llama(base_tokenizer_dir: Path, folder: Path, seed: int) -> Path:
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(tiny_llama_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     """A tiny random Llama and the base tokenizer, saved with ``save_pretrained``."""
-    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved_tiny_llama(base_tokenizer_dir, tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
 @pytest.fixture
@@ -83,13 +85,8 @@ def model_store(tiny_model_dir, tmp_path) -> ModelRegistry:
 @pytest.fixture(scope="session")
 def other_tiny_model_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     """Another tiny random Llama (seed 1): the same shape, different weights."""
-    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
     folder = tmp_path_factory.mktemp("other-tiny-model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved_tiny_llama(base_tokenizer_dir, folder, seed=1)
 
 
 @pytest.fixture

@@ -15,15 +15,10 @@ from __future__ import annotations
 import argparse
 import random
 
-from services.rlhf.evaluation import lower_confidence_bound
-from services.trainer.gates import (
-    AnswerStats,
-    Estimate,
-    PolicyLimits,
-    policy_gate,
-    reward_model_gate,
-)
+from services.trainer.estimates import mean_estimate
+from services.trainer.gates import AnswerStats, policy_gate, reward_model_gate
 from services.trainer.settings import TrainerSettings
+from services.trainer.stages.policy import policy_limits
 
 # Every check but the win rate passes, so the share promoted is the win-rate rule's alone.
 _SAME_ANSWERS = AnswerStats(end_of_turn_rate=0.9, mean_length=40.0, distinct_rate=0.9)
@@ -40,14 +35,7 @@ def promoted_share(
     """The share of ``trials`` simulated gates that pass a candidate whose every answer wins
     with ``win_probability``, asked ``prompts`` held-out prompts ``samples_per_prompt`` times."""
     rng = random.Random(seed)
-    limits = PolicyLimits(
-        min_win_rate=settings.min_win_rate,
-        max_kl=settings.max_kl,
-        max_tax_perplexity_ratio=settings.max_tax_perplexity_ratio,
-        min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
-        min_length_ratio=settings.min_length_ratio,
-        min_distinct_ratio=settings.min_distinct_ratio,
-    )
+    limits = policy_limits(settings)
     passed = 0
     for _ in range(trials):
         per_prompt = [
@@ -55,11 +43,9 @@ def promoted_share(
             / samples_per_prompt
             for _ in range(prompts)
         ]
-        rate = sum(per_prompt) / prompts
         # As the stage asks it: the bootstrap's own fixed seed, the data drawn anew.
-        lower = lower_confidence_bound(per_prompt, settings.bootstrap_samples, settings.gate_alpha)
         verdict = policy_gate(
-            Estimate(rate, lower, settings.gate_alpha),
+            mean_estimate(per_prompt, settings.bootstrap_samples, settings.gate_alpha),
             kl=1.0,
             tax_perplexity_ratio=1.0,
             candidate=_SAME_ANSWERS,
@@ -93,8 +79,8 @@ def rm_passed_share(
         gains = [a - group_accuracy(promoted_accuracy) for a in ours]
         alpha, resamples = settings.gate_alpha, settings.bootstrap_samples
         verdict = reward_model_gate(
-            Estimate(sum(ours) / groups, lower_confidence_bound(ours, resamples, alpha), alpha),
-            Estimate(sum(gains) / groups, lower_confidence_bound(gains, resamples, alpha), alpha),
+            mean_estimate(ours, resamples, alpha),
+            mean_estimate(gains, resamples, alpha),
             tolerance=settings.rm_gate_tolerance,
             first_margin=settings.rm_first_margin,
         )

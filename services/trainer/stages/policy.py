@@ -22,7 +22,6 @@ from services.common.registry import ModelRegistry, VersionInfo
 from services.rlhf.config import to_dict
 from services.rlhf.evaluation import (
     kl_to_reference,
-    lower_confidence_bound,
     perplexity,
     win_rate_with_interval,
 )
@@ -32,7 +31,9 @@ from services.rlhf.metric_names import standard_metrics
 from services.rlhf.ppo import PPOConfig, PPOTrainer
 from services.rlhf.reward_reading import read_rewards
 from services.trainer import snapshot
-from services.trainer.gates import AnswerStats, Estimate, PolicyLimits, policy_gate
+from services.trainer.estimates import mean_estimate
+from services.trainer.gates import AnswerStats, PolicyLimits, policy_gate
+from services.trainer.settings import TrainerSettings
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,18 @@ def prompts(dataset: Path, heldout: bool) -> list[list[dict[str, str]]]:
         if group.heldout == heldout:
             seen.setdefault(snapshot.prompt_key(group.prompt), group.prompt)
     return list(seen.values())
+
+
+def policy_limits(settings: TrainerSettings) -> PolicyLimits:
+    """The policy gate's limits, as configured."""
+    return PolicyLimits(
+        min_win_rate=settings.min_win_rate,
+        max_kl=settings.max_kl,
+        max_tax_perplexity_ratio=settings.max_tax_perplexity_ratio,
+        min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
+        min_length_ratio=settings.min_length_ratio,
+        min_distinct_ratio=settings.min_distinct_ratio,
+    )
 
 
 def reference_version(registry: ModelRegistry, configured: str) -> VersionInfo:
@@ -201,7 +214,7 @@ def gate(ctx: StageContext) -> StageResult:
     ]
     win_rate, low, high = win_rate_with_interval(per_prompt, settings.bootstrap_samples)
     alpha = settings.gate_alpha
-    win_lower = lower_confidence_bound(per_prompt, settings.bootstrap_samples, alpha)
+    win = mean_estimate(per_prompt, settings.bootstrap_samples, alpha)
     del judge, promoted  # two models fewer in memory before the reference loads
 
     # Against the fixed reference, so no allowance compounds over promotions: the tax on text
@@ -217,16 +230,9 @@ def gate(ctx: StageContext) -> StageResult:
     eos = tokenizer.eos_token_id
     candidate_stats = AnswerStats.of(ours.answer_ids, ours.texts, eos)
     reference_stats = AnswerStats.of(referenced.answer_ids, referenced.texts, eos)
-    limits = PolicyLimits(
-        min_win_rate=settings.min_win_rate,
-        max_kl=settings.max_kl,
-        max_tax_perplexity_ratio=settings.max_tax_perplexity_ratio,
-        min_end_of_turn_ratio=settings.min_end_of_turn_ratio,
-        min_length_ratio=settings.min_length_ratio,
-        min_distinct_ratio=settings.min_distinct_ratio,
-    )
+    limits = policy_limits(settings)
     verdict = policy_gate(
-        Estimate(win_rate, win_lower, alpha),
+        win,
         kl,
         tax_ratio,
         candidate_stats,
@@ -235,7 +241,7 @@ def gate(ctx: StageContext) -> StageResult:
     )
     outputs = {
         "win_rate": win_rate,
-        "win_rate_lower_bound": win_lower,
+        "win_rate_lower_bound": win.lower,
         "alpha": alpha,
         "win_rate_ci90": [low, high],
         "kl": kl,

@@ -26,7 +26,6 @@ import torch
 from services.common.model_loading import load_tokenizer, pick_device
 from services.common.registry import VersionInfo
 from services.rlhf.config import to_dict
-from services.rlhf.evaluation import lower_confidence_bound
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.reward_model import (
     Comparison,
@@ -37,7 +36,8 @@ from services.rlhf.reward_model import (
     train_reward_model,
 )
 from services.trainer import snapshot
-from services.trainer.gates import Estimate, reward_model_gate
+from services.trainer.estimates import mean_estimate
+from services.trainer.gates import reward_model_gate
 from services.trainer.stages.context import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,7 @@ def gate(ctx: StageContext) -> StageResult:
             settings.rm_max_length,
         )
     alpha, resamples = settings.gate_alpha, settings.bootstrap_samples
-    estimate = Estimate(
-        sum(ours) / len(ours), lower_confidence_bound(ours, resamples, alpha), alpha
-    )
+    estimate = mean_estimate(ours, resamples, alpha)
     outputs: dict = {
         "heldout_accuracy": accuracy,
         "accuracy_by_group": estimate.value,
@@ -201,9 +199,7 @@ def gate(ctx: StageContext) -> StageResult:
         tokenizer = load_tokenizer(promoted.path)
         theirs = accuracy_by_group(model, tokenizer, heldout, settings.rm_max_length)
         gains = [a - b for a, b in zip(ours, theirs, strict=True)]
-        gain = Estimate(
-            sum(gains) / len(gains), lower_confidence_bound(gains, resamples, alpha), alpha
-        )
+        gain = mean_estimate(gains, resamples, alpha)
         outputs.update(
             promoted_accuracy=pairwise_accuracy(model, tokenizer, heldout, settings.rm_max_length),
             gain=gain.value,
