@@ -3,8 +3,10 @@
 PPO starts from the promoted policy, with the value model copied from the new RM and the KL
 term against a fixed reference (v0 unless configured); the ptx texts shipped in
 services/trainer/data keep it fluent on general text. The gate generates answers from the
-candidate and the promoted policy on held-out prompts and decides on the win rate under the
-new RM, the KL to the reference, the alignment tax on the ptx texts, and signs of collapse.
+candidate and the promoted policy on held-out prompts and decides on the lower confidence
+bound of the win rate under the judge (a reward model trained on the other half of the
+comparisons, not the one PPO optimised), and, against the reference, on the KL, the alignment
+tax on text no stage trains on, and signs of collapse.
 """
 
 from __future__ import annotations
@@ -20,11 +22,7 @@ from transformers import AutoModelForCausalLM
 from services.common.model_loading import load_tokenizer, pick_device
 from services.common.registry import ModelRegistry, VersionInfo
 from services.rlhf.config import to_dict
-from services.rlhf.evaluation import (
-    kl_to_reference,
-    perplexity,
-    win_rate_with_interval,
-)
+from services.rlhf.evaluation import kl_to_reference, perplexity, win_rate_with_interval
 from services.rlhf.generation import SamplingConfig, generate
 from services.rlhf.heads import ScalarHeadModel
 from services.rlhf.metric_names import standard_metrics
@@ -230,14 +228,8 @@ def gate(ctx: StageContext) -> StageResult:
     eos = tokenizer.eos_token_id
     candidate_stats = AnswerStats.of(ours.answer_ids, ours.texts, eos)
     reference_stats = AnswerStats.of(referenced.answer_ids, referenced.texts, eos)
-    limits = policy_limits(settings)
     verdict = policy_gate(
-        win,
-        kl,
-        tax_ratio,
-        candidate_stats,
-        reference_stats,
-        limits,
+        win, kl, tax_ratio, candidate_stats, reference_stats, policy_limits(settings)
     )
     outputs = {
         "win_rate": win_rate,
