@@ -5,11 +5,16 @@ the progress bar, a log line with the rate every ``log_every`` steps, a checkpoi
 step (every ``checkpoint_every``) and when stopping, and the models' train/eval mode (set to
 train for the run and given back as it was). Seeding is :func:`seed_fresh_run`: a fresh run
 seeds torch's global generator from the config, a resumed one keeps the restored state.
+
+A stop asked for with :func:`request_stop` (a process's SIGTERM handler calls it) ends a
+running loop after its current step: the loop saves a checkpoint at the step it reached and
+raises :class:`StopRequested`, so a resumed run loses no finished step.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +48,29 @@ class LoopStats:
     @property
     def items_per_second(self) -> float:
         return self.items / max(self.seconds, 1e-9)
+
+
+class StopRequested(Exception):
+    """A loop ended early because a stop was asked for; its checkpoint holds ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}, checkpoint saved")
+        self.step = step
+
+
+_stop = threading.Event()
+_running = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running loop (or the next one to start) to end after its current step, saving
+    a checkpoint there. Safe to call from a signal handler."""
+    _stop.set()
+
+
+def loop_running() -> bool:
+    """Whether a loop is running now (so a stop will be saved rather than lost)."""
+    return _running.is_set()
 
 
 # Config fields that do not change what a run computes: they may differ when a run resumes.
@@ -118,6 +146,7 @@ def run_steps(
     step = start
     bar = tqdm(total=total, initial=start, desc=name, disable=not progress, unit=unit)
     with training_mode(*train):
+        _running.set()
         try:
             while step < end:
                 report = run_step(step)
@@ -149,8 +178,14 @@ def run_steps(
                         },
                     )
                 checkpoints.after_step(step, state)
+                if _stop.is_set():
+                    checkpoints.at_stop(step, state)
+                    _stop.clear()  # answered: a later loop in this process runs
+                    logger.info("%s: stop requested; checkpoint saved at %s %d", name, unit, step)
+                    raise StopRequested(step)
             checkpoints.at_stop(step, state)  # stopped early or finished between checkpoints
         finally:
+            _running.clear()
             bar.close()
     stats.seconds = time.perf_counter() - started
     return stats

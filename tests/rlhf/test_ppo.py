@@ -15,6 +15,7 @@ from services.rlhf.config import from_dict, to_dict
 from services.rlhf.evaluation import perplexity
 from services.rlhf.generation import SamplingConfig
 from services.rlhf.heads import ScalarHeadModel
+from services.rlhf.loop import StopRequested, request_stop
 from services.rlhf.metric_names import standard_metrics
 from services.rlhf.ppo import PPOConfig, PPOTrainer
 from services.rlhf.sequences import build_response_batch
@@ -154,6 +155,30 @@ def test_resumed_run_equals_an_uninterrupted_one(straight_run, policy_dir, tmp_p
     for a, b in zip(
         straight.value_model.parameters(), resumed.value_model.parameters(), strict=True
     ):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_stop_request_ends_the_run_after_its_iteration_with_a_checkpoint_there(
+    straight_run, policy_dir, tmp_path
+):
+    """What SIGTERM does to a stage (services/trainer/stage_main.py): no periodic checkpoint
+    would hold these iterations (one every 100), the stop's own save does."""
+    straight, _ = straight_run
+    config = small_config()
+    first = make_trainer(policy_dir, config, checkpoint_dir=tmp_path)
+
+    def stop_during_the_second(iteration, _stats):
+        if iteration == 1:
+            request_stop()
+
+    with pytest.raises(StopRequested) as stopped:
+        first.train(PROMPTS, ITERATIONS, progress=False, on_iteration=stop_during_the_second)
+    assert stopped.value.step == 2
+
+    resumed = make_trainer(policy_dir, config, checkpoint_dir=tmp_path)
+    history = resumed.train(PROMPTS, iterations=ITERATIONS, progress=False)
+    assert len(history) == ITERATIONS - 2  # both finished iterations kept, none redone
+    for a, b in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
 
