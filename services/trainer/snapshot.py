@@ -4,10 +4,10 @@
 name (atomically, and never rewritten), so a reward model's manifest that names its snapshot
 names exactly what trained it, and a retried stage reads the same data.
 
-Held out is decided by prompt: a hash of the conversation the answers reply to. Every group of
-a prompt, whoever rated it and however (a ranking, a pairwise vote, thumbs turned into pairs),
-lies on one side, in every run; so no reward model is gated on a prompt it trained on, and PPO,
-which trains on the training groups' prompts, never trains on a prompt the gates judge on.
+Held out is decided by prompt: a hash of the conversation the answers reply to. Every group
+of a prompt, whoever rated it and however (a ranking, a pairwise vote), lies on one side, in
+every run; so no reward model is gated on a prompt it trained on, and PPO, which trains on
+the training groups' prompts, never trains on a prompt the gates judge on.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ RewardFold = Literal["reward", "judge"]
 def fold(prompt: list[dict[str, str]]) -> RewardFold:
     """Which reward model a training group of ``prompt`` trains (cross-fitting): the one PPO
     optimises against ("reward") or the policy gate's judge ("judge"). Disjoint halves by
-    prompt, so the judge has never seen a comparison the policy was optimised on."""
+    prompt, so the judge learned from none of the comparisons the other one learned from."""
     digest = hashlib.sha256(("fold:" + prompt_key(prompt)).encode()).digest()
     return "judge" if digest[0] & 1 else "reward"
 
