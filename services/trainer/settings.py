@@ -137,8 +137,8 @@ class TrainerSettings(ServiceSettings):
         ge=0,
         le=1,
         description="The lower confidence bound of the candidate's win rate against the "
-        "promoted policy, judged on held-out prompts, must reach this (ties count half; 0.5: "
-        "better than the promoted policy, with confidence 1 - gate_alpha).",
+        "promoted policy, judged on held-out prompts, must lie above this (ties count half; "
+        "0.5: better than the promoted policy, with confidence 1 - gate_alpha).",
     )
     max_kl: float = Field(
         20.0, gt=0, description="Most KL to the reference per answer (nats, sampled estimate)."
