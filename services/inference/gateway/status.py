@@ -29,7 +29,14 @@ _TRAINER_STATUS_TASK = "flywheel.trainer.status"
 _STAGE_FIELDS = {
     "snapshot": ("pairs",),
     "rm_gate": ("heldout_accuracy", "accuracy_lower_bound", "promoted_accuracy"),
-    "policy_gate": ("win_rate", "win_rate_lower_bound", "win_rate_ci90", "kl"),
+    "policy_gate": (
+        "win_rate",
+        "win_rate_lower_bound",
+        "alpha",
+        "threshold",
+        "win_rate_ci90",
+        "kl",
+    ),
     "promote": ("version",),
 }
 

@@ -235,6 +235,7 @@ def gate(ctx: StageContext) -> StageResult:
         "win_rate": win_rate,
         "win_rate_lower_bound": win.lower,
         "alpha": alpha,
+        "threshold": settings.min_win_rate,
         "win_rate_ci90": [low, high],
         "kl": kl,
         "tax_perplexity_ratio": tax_ratio,

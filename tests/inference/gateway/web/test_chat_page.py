@@ -288,12 +288,18 @@ def record_runs(store: RunStore) -> None:
         ("rejected", "policy_gate: win rate 0.41 < 0.5", 0.71, 0.41, None),
         ("succeeded", "", 0.74, 0.62, "v1"),
     ]
+    bounds = {"win_rate_lower_bound": 0.55, "alpha": 0.05, "threshold": 0.5}
     for fence, (status, reason, accuracy, win_rate, version) in enumerate(outcomes, start=1):
         run, _ = store.create_run("120 new pairs")
         store.claim(run.id, fence)
         for name, outputs in (
             ("rm_gate", {"heldout_accuracy": accuracy, "promoted_accuracy": 0.6}),
-            ("policy_gate", {"win_rate": win_rate, "win_rate_ci90": [win_rate - 0.1, 0.8]}),
+            (
+                "policy_gate",
+                {"win_rate": win_rate, "win_rate_ci90": [win_rate - 0.1, 0.8]}
+                # The newer run records the bound it decided on; the older one the rate only.
+                | (bounds if version else {}),
+            ),
             ("promote", {"version": version}),
         ):
             if name == "promote" and version is None:
@@ -332,10 +338,11 @@ def test_status_view_shows_the_trainers_runs_and_gate_results(
         # Newest first: the promoted run, then the rejected one with its reason.
         playwright_api.expect(rows.nth(1)).to_contain_text("succeeded")
         playwright_api.expect(rows.nth(1)).to_contain_text("0.74")
-        playwright_api.expect(rows.nth(1)).to_contain_text("62%")
+        playwright_api.expect(rows.nth(1)).to_contain_text("62% (95% bound 55%, must be above 50%)")
         playwright_api.expect(rows.nth(1)).to_contain_text("v1")
         playwright_api.expect(rows.nth(2)).to_contain_text("rejected")
         playwright_api.expect(rows.nth(2)).to_contain_text("win rate 0.41 < 0.5")
+        playwright_api.expect(rows.nth(2)).to_contain_text("41%")
         screenshot(page, "8-status-runs")
     finally:
         control.stop()

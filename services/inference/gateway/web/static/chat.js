@@ -440,6 +440,19 @@ function stageValue(run, stageName, field) {
   return stage ? stage[field] : undefined;
 }
 
+// The policy gate's decision as it was taken: the win rate, the lower confidence bound it
+// decided on and the threshold that bound had to clear (older runs recorded the rate only).
+function winRate(run) {
+  const rate = stageValue(run, "policy_gate", "win_rate");
+  const lower = stageValue(run, "policy_gate", "win_rate_lower_bound");
+  if (lower == null) return percent(rate);
+  const alpha = stageValue(run, "policy_gate", "alpha");
+  const threshold = stageValue(run, "policy_gate", "threshold");
+  const level = alpha == null ? "lower" : `${(100 * (1 - alpha)).toFixed(0)}%`;
+  const needs = threshold == null ? "" : `, must be above ${percent(threshold)}`;
+  return `${percent(rate)} (${level} bound ${percent(lower)}${needs})`;
+}
+
 function renderStatus(status) {
   const unavailable = (part) => element("p", { class: "error" }, `Unavailable: ${part.error}`);
   const serving = status.serving;
@@ -471,7 +484,7 @@ function renderStatus(status) {
               run.status,
               run.created_at ? new Date(run.created_at).toLocaleString() : null,
               number(stageValue(run, "rm_gate", "heldout_accuracy")),
-              percent(stageValue(run, "policy_gate", "win_rate")),
+              winRate(run),
               stageValue(run, "promote", "version"),
               run.reason || null,
             ]),
