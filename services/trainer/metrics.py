@@ -27,7 +27,15 @@ RM_ACCURACY = Gauge(
 )
 WIN_RATE = Gauge(
     "flywheel_trainer_policy_win_rate",
-    "Win rate of the newest policy candidate against the promoted policy (new RM as judge).",
+    "Win rate of the newest policy candidate against the promoted policy (under the judge).",
+)
+WIN_RATE_LOWER = Gauge(
+    "flywheel_trainer_policy_win_rate_lower_bound",
+    "The lower confidence bound of that win rate: what the policy gate decided on.",
+)
+WIN_RATE_THRESHOLD = Gauge(
+    "flywheel_trainer_policy_win_rate_threshold",
+    "What the bound had to lie above for the newest candidate to pass.",
 )
 KL = Gauge("flywheel_trainer_policy_kl", "KL of the newest policy candidate to the reference.")
 PPO = Gauge(
@@ -43,7 +51,7 @@ ACTIVE_RUN = Gauge("flywheel_trainer_run_active", "1 while this worker drives a 
 def _create_series_at_start() -> None:
     # Until a run measures them the quality gauges read NaN (Grafana: no value), not a 0 that
     # looks like a measured 0% accuracy or win rate.
-    for gauge in (RM_ACCURACY, WIN_RATE, KL):
+    for gauge in (RM_ACCURACY, WIN_RATE, WIN_RATE_LOWER, WIN_RATE_THRESHOLD, KL):
         gauge.set(float("nan"))
     for name in STANDARD_METRIC_NAMES:
         PPO.labels(name).set(float("nan"))

@@ -219,6 +219,8 @@ def _observe(stage: str, result: StageResult) -> None:
         metrics.RM_ACCURACY.set(result.outputs["heldout_accuracy"])
     if stage == "policy_gate":
         metrics.WIN_RATE.set(result.outputs.get("win_rate", float("nan")))
+        metrics.WIN_RATE_LOWER.set(result.outputs.get("win_rate_lower_bound", float("nan")))
+        metrics.WIN_RATE_THRESHOLD.set(result.outputs.get("threshold", float("nan")))
         metrics.KL.set(result.outputs.get("kl", float("nan")))
     if stage == "ppo":
         # The stage reports its last iteration under the standard names (and a "history" of

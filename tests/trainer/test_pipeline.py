@@ -69,7 +69,10 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     # The tax and the collapse checks against the reference (v0), the win rate on its bound.
     assert gate["reference_version"] == "v0" and set(gate["reference"]) == set(gate["candidate"])
     assert gate["win_rate_lower_bound"] <= gate["win_rate"] and gate["alpha"] == 0.05
-    # Prometheus shows the PPO stage's last iteration.
+    # Prometheus shows what the policy gate decided on, and the PPO stage's last iteration.
+    lower = REGISTRY.get_sample_value("flywheel_trainer_policy_win_rate_lower_bound")
+    assert lower == gate["win_rate_lower_bound"]
+    assert REGISTRY.get_sample_value("flywheel_trainer_policy_win_rate_threshold") == 0.0
     assert ppo_gauge("objective/kl") == run.stages["ppo"].outputs["objective/kl"]
     # The same comparisons do not start a second run.
     assert trainer.check(queued.append)["started"] is False
@@ -122,6 +125,8 @@ def test_a_fresh_trainer_exports_zero_counts_and_no_quality_numbers():
     for gauge in (
         "flywheel_trainer_rm_heldout_accuracy",
         "flywheel_trainer_policy_win_rate",
+        "flywheel_trainer_policy_win_rate_lower_bound",
+        "flywheel_trainer_policy_win_rate_threshold",
         "flywheel_trainer_policy_kl",
     ):
         assert math.isnan(value(gauge)), gauge
