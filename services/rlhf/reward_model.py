@@ -266,6 +266,12 @@ def pairwise_accuracy(
 ) -> float:
     """Fraction of (better, worse) pairs the model orders correctly; an exact tie counts half."""
     per_group = accuracy_by_group(model, tokenizer, comparisons, max_length, batch_size)
+    return pooled_accuracy(per_group, comparisons)
+
+
+def pooled_accuracy(per_group: Sequence[float], comparisons: Sequence[Comparison]) -> float:
+    """The pairwise accuracy over all pairs, from :func:`accuracy_by_group`'s answer for the
+    same ``comparisons`` (each group weighed by its pairs), without scoring them again."""
     pairs = [len(c.pairs) for c in comparisons if c.pairs]
     if not pairs:
         raise ValueError("no pairs to evaluate")

@@ -33,6 +33,7 @@ from services.rlhf.reward_model import (
     accuracy_by_group,
     centre_on_references,
     pairwise_accuracy,
+    pooled_accuracy,
     train_reward_model,
 )
 from services.trainer import snapshot
@@ -130,8 +131,8 @@ def _train(ctx: StageContext, role: snapshot.RewardFold) -> StageResult:
     )
     references = [(c.prompt, answer) for c in train_set for answer in c.answers]
     shift = centre_on_references(model, tokenizer, references, settings.rm_max_length)
-    accuracy = pairwise_accuracy(model, tokenizer, heldout, settings.rm_max_length)
     by_group = accuracy_by_group(model, tokenizer, heldout, settings.rm_max_length)
+    accuracy = pooled_accuracy(by_group, heldout)
     metrics = {
         "heldout_accuracy": accuracy,
         "steps": float(result.steps),
@@ -201,7 +202,7 @@ def gate(ctx: StageContext) -> StageResult:
         gains = [a - b for a, b in zip(ours, theirs, strict=True)]
         gain = mean_estimate(gains, resamples, alpha)
         outputs.update(
-            promoted_accuracy=pairwise_accuracy(model, tokenizer, heldout, settings.rm_max_length),
+            promoted_accuracy=pooled_accuracy(theirs, heldout),
             gain=gain.value,
             gain_lower_bound=gain.lower,
         )
