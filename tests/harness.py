@@ -4,6 +4,7 @@ tiny models for the registry."""
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -195,22 +196,17 @@ class FeedbackService:
         return self.stub.Stats(feedback_pb2.StatsRequest(), timeout=5).interactions
 
 
-# Saved tiny reward models by (tiny model folder, head seed): each is built once a session and
-# copied into every registry that asks (a copy takes milliseconds, a build a few tenths).
-_saved_reward_models: dict[tuple[Path, int], Path] = {}
-
-
+# Built once a session for each (tiny model folder, head seed) and copied into every registry
+# that asks: a copy takes milliseconds, a build a few tenths.
+@functools.cache
 def _tiny_reward_model_folder(tiny_model_dir: Path, seed: int) -> Path:
-    folder = _saved_reward_models.get((tiny_model_dir, seed))
-    if folder is None:
-        from services.rlhf.heads import ScalarHeadModel
+    from services.rlhf.heads import ScalarHeadModel
 
-        torch.manual_seed(seed)
-        rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
-        folder = Path(tempfile.mkdtemp(prefix=f"tiny-rm-seed{seed}-", dir=tiny_model_dir.parent))
-        rm.save_pretrained(folder)
-        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-        _saved_reward_models[tiny_model_dir, seed] = folder
+    torch.manual_seed(seed)
+    rm = ScalarHeadModel.from_pretrained(tiny_model_dir)
+    folder = Path(tempfile.mkdtemp(prefix=f"tiny-rm-seed{seed}-", dir=tiny_model_dir.parent))
+    rm.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     return folder
 
 
