@@ -74,3 +74,13 @@ class ModelHost(Generic[Loaded]):
                 f"; {details}" if details else "",
             )
             return previous, info.version
+
+    def drop(self) -> str:
+        """Stop holding a model (requests holding it finish on it); the version dropped."""
+        with self._lock:
+            dropped, self._current = self._current, None
+            if dropped is None:
+                return ""
+            self._gauge.labels(dropped.version).set(0)
+            log.info("%s %s no longer served here", self.role, dropped.version)
+            return dropped.version

@@ -3,8 +3,8 @@
 Two paths: the Redis channel (fast; :func:`announce_promotion` publishes a message per promote
 or rollback, best effort) and a periodic look at the registry (the truth; catches messages
 missed while Redis was down or the service was restarting). :class:`PromotionWatcher` calls
-back with the role's promoted version name on its own thread; the callback should be
-idempotent (ModelAdmin.Reload is).
+back with the role's promoted version name on its own thread, and, if asked, with its canary
+(or None once it ends); the callbacks should be idempotent (ModelAdmin.Reload is).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 
 from services.common.redis_names import model_promotions_channel
-from services.common.registry import ModelRegistry
+from services.common.registry import Canary, ModelRegistry
 from services.common.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,12 @@ class PromotionWatcher:
         redis_url: str,
         *,
         poll_s: float = 30.0,
+        on_canary: Callable[[Canary | None], None] | None = None,
     ) -> None:
         self._registry = registry
         self._role = role
         self._on_promoted = on_promoted
+        self._on_canary = on_canary
         self._redis_url = redis_url
         self._poll_s = poll_s
         self._stopping = threading.Event()
@@ -94,17 +96,24 @@ class PromotionWatcher:
 
     def _follow(self) -> None:
         """Check the registry on each announcement and every ``poll_s`` seconds."""
-        last = None
+        last_promoted, last_canary = None, None
         while not self._stopping.is_set():
             self._check.wait(self._poll_s)
             self._check.clear()
             if self._stopping.is_set():
                 return
-            info = self._registry.promoted(self._role)
-            if info is None or info.version == last:
-                continue
-            try:
-                self._on_promoted(info.version)
-                last = info.version
-            except Exception:
-                log.exception("could not switch to %s/%s; will retry", self._role, info.version)
+            serving = self._registry.serving(self._role)
+            if serving.promoted is not None and serving.promoted != last_promoted:
+                try:
+                    self._on_promoted(serving.promoted)
+                    last_promoted = serving.promoted
+                except Exception:
+                    log.exception(
+                        "could not switch to %s/%s; will retry", self._role, serving.promoted
+                    )
+            if self._on_canary is not None and serving.canary != last_canary:
+                try:
+                    self._on_canary(serving.canary)
+                    last_canary = serving.canary
+                except Exception:
+                    log.exception("could not follow the %s canary; will retry", self._role)

@@ -5,7 +5,8 @@ Layout of a store (a local folder, or a shared volume in a cluster)::
     <root>/.lock                  flock(2) taken by every writer
     <root>/<role>/v0/             one immutable version: model files + manifest.json
     <root>/<role>/v1/
-    <root>/<role>/state.json      mutable state: statuses, the promoted version, history
+    <root>/<role>/state.json      mutable state: statuses, the promoted version, the canary,
+                                  history
     <root>/<role>/.staging-*/     versions being written (invisible to readers)
 
 Why readers never see a half-written version: a version is written in full into
@@ -40,7 +41,9 @@ from services.common.atomic_files import fsync_dir, write_atomically
 # "judge": the reward model the policy gate asks, trained on comparisons the policy's reward
 # model never saw (services/trainer/stages/reward.py); nothing serves it.
 ROLES = ("policy", "reward", "judge")
-Status = Literal["candidate", "promoted", "retired", "rejected", "rolled-back"]
+# "canary": serving a share of live traffic beside the promoted version until the trainer's
+# watch promotes it or rolls it back (services/trainer/watch.py).
+Status = Literal["candidate", "canary", "promoted", "retired", "rejected", "rolled-back"]
 MANIFEST = "manifest.json"
 STATE = "state.json"
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -96,6 +99,28 @@ class VersionInfo:
         return self.manifest.version
 
 
+@dataclass(frozen=True)
+class Canary:
+    """A candidate serving ``share`` of the traffic beside the promoted version since
+    ``started_at`` (UTC, ISO 8601)."""
+
+    version: str
+    share: float
+    started_at: str
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromisoformat(self.started_at)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a role serves: the promoted version and, during a canary, the canary."""
+
+    promoted: str | None
+    canary: Canary | None = None
+
+
 def version_number(version: str) -> int:
     match = _VERSION_RE.match(version)
     if not match:
@@ -127,6 +152,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _canary_of(state: dict[str, Any]) -> Canary | None:
+    found = state.get("canary")
+    return Canary(**found) if found else None
+
+
 class ModelRegistry:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -149,6 +179,14 @@ class ModelRegistry:
         state = self._read_state(role)
         current = state.get("promoted")
         return self._info(role, current, state) if current else None
+
+    def canary(self, role: str) -> Canary | None:
+        return _canary_of(self._read_state(role))
+
+    def serving(self, role: str) -> Serving:
+        """The promoted version and the canary, from one read of the state."""
+        state = self._read_state(role)
+        return Serving(state.get("promoted"), _canary_of(state))
 
     def resolve(self, ref: str) -> VersionInfo:
         """A version from ``role/vN`` or the promoted one from ``role`` / ``role/promoted``."""
@@ -262,8 +300,52 @@ class ModelRegistry:
             previous = state.get("promoted")
             if previous == version:
                 return info
+            self._end_canary_for_promotion(state, version)
             self._move_promotion(role, state, "promote", version, previous, "retired")
         return self.get(role, version)
+
+    def start_canary(self, role: str, version: str, share: float) -> Canary:
+        """Serve candidate ``version`` to ``share`` (0 < share < 1) of the traffic beside the
+        promoted version. One canary at a time; it ends with :meth:`promote` (it won) or
+        :meth:`end_canary` (it lost)."""
+        if not 0 < share < 1:
+            raise InvalidTransitionError(f"a canary's share must lie in (0, 1), not {share}")
+        with self._lock():
+            info = self.get(role, version)
+            state = self._read_state(role)
+            running = _canary_of(state)
+            if running is not None:
+                raise InvalidTransitionError(
+                    f"{role}/{running.version} is the canary already; one canary at a time"
+                )
+            if info.status != "candidate":
+                raise InvalidTransitionError(
+                    f"{info.id} is {info.status}; only a candidate can be a canary"
+                )
+            if not state.get("promoted"):
+                raise InvalidTransitionError(f"no {role} version is promoted to compare with")
+            canary = Canary(version, share, _now())
+            state["canary"] = asdict(canary)
+            state.setdefault("statuses", {})[version] = "canary"
+            self._append_history(state, "canary", version, state["promoted"], share=str(share))
+            self._write_state(role, state)
+        return canary
+
+    def end_canary(self, role: str, reason: str = "") -> Canary:
+        """Take the canary off the traffic as a loser (status rolled-back); the promoted
+        version serves everyone again."""
+        with self._lock():
+            state = self._read_state(role)
+            canary = _canary_of(state)
+            if canary is None:
+                raise InvalidTransitionError(f"no {role} canary is running")
+            del state["canary"]
+            state["statuses"][canary.version] = "rolled-back"
+            self._append_history(
+                state, "end-canary", canary.version, state.get("promoted"), reason=reason
+            )
+            self._write_state(role, state)
+        return canary
 
     def rollback(self, role: str, to: str | None = None) -> VersionInfo:
         """Withdraw the promoted version and promote ``to`` (default: its parent)."""
@@ -278,6 +360,7 @@ class ModelRegistry:
             if target == current:
                 raise InvalidTransitionError(f"{role}/{current} is already the promoted version")
             self.get(role, target)
+            self._end_canary_for_promotion(state, target)
             self._move_promotion(role, state, "rollback", target, current, "rolled-back")
         return self.get(role, target)
 
@@ -296,6 +379,19 @@ class ModelRegistry:
         return self.get(role, version)
 
     # ----- internals -----------------------------------------------------------
+
+    def _end_canary_for_promotion(self, state: dict[str, Any], version: str) -> None:
+        """A promotion ends the canary: it is the version promoted (it won), or an operator
+        promoted another one over it (it goes back to being a candidate)."""
+        canary = _canary_of(state)
+        if canary is None:
+            return
+        del state["canary"]
+        if canary.version != version:
+            state["statuses"][canary.version] = "candidate"
+            self._append_history(
+                state, "end-canary", canary.version, state.get("promoted"), reason="superseded"
+            )
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -84,3 +84,27 @@ def test_without_redis_the_registry_poll_finds_the_promotion(model_store):
         assert _wait_for(seen, second)
     finally:
         watcher.stop()
+
+
+def test_the_watcher_follows_a_canary_from_its_start_to_its_end(model_store):
+    first, second = _two_versions(model_store)
+    promoted, canaries = [], []
+    watcher = PromotionWatcher(
+        model_store,
+        "policy",
+        promoted.append,
+        "redis://127.0.0.1:1/0",
+        poll_s=0.2,
+        on_canary=canaries.append,
+    )
+    watcher.start()
+    try:
+        model_store.start_canary("policy", second, 0.3)
+        started = model_store.canary("policy")
+        assert _wait_for(canaries, started)
+        model_store.end_canary("policy", "lost")
+        assert _wait_for(canaries, None)
+        assert canaries == [started, None] and started.share == 0.3
+        assert promoted == [first]  # the promoted version never changed
+    finally:
+        watcher.stop()

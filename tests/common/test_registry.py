@@ -13,6 +13,7 @@ from services.common.registry import (
     InvalidTransitionError,
     ModelRegistry,
     RegistryError,
+    Serving,
     VersionNotFoundError,
 )
 
@@ -265,3 +266,73 @@ def test_version_to_load_for_a_reload(model_store):
     assert model_store.version_to_load("policy", "v0", serving="").version == "v0"
     with pytest.raises(VersionNotFoundError):
         model_store.version_to_load("policy", "v9", serving="v0")
+
+
+def _promoted_and_candidates(registry, candidates: int = 1) -> None:
+    registry.create_version("policy", write_weights())
+    registry.promote("policy", "v0")
+    for _ in range(candidates):
+        registry.create_version("policy", write_weights(b"new"), parent="v0")
+
+
+def test_a_canary_serves_beside_the_promoted_version_until_promoted(registry):
+    _promoted_and_candidates(registry)
+    canary = registry.start_canary("policy", "v1", 0.2)
+
+    assert (canary.version, canary.share) == ("v1", 0.2)
+    serving = registry.serving("policy")
+    assert serving.promoted == "v0" and serving.canary == canary
+    assert registry.get("policy", "v1").status == "canary"
+    assert registry.promoted("policy").version == "v0"
+
+    registry.promote("policy", "v1")  # it held: it serves everyone
+    assert registry.serving("policy").canary is None
+    assert registry.get("policy", "v1").status == "promoted"
+    assert registry.get("policy", "v0").status == "retired"
+    assert [h["action"] for h in registry.history("policy")] == ["promote", "canary", "promote"]
+
+
+def test_a_canary_that_loses_is_rolled_back_and_never_served_again_by_accident(registry):
+    _promoted_and_candidates(registry)
+    registry.start_canary("policy", "v1", 0.2)
+    ended = registry.end_canary("policy", "thumbs-up rate shown lower")
+
+    assert ended.version == "v1"
+    assert registry.serving("policy").canary is None
+    assert registry.get("policy", "v1").status == "rolled-back"
+    assert registry.history("policy")[-1]["reason"] == "thumbs-up rate shown lower"
+    with pytest.raises(InvalidTransitionError, match="only a candidate can be a canary"):
+        registry.start_canary("policy", "v1", 0.2)
+
+
+def test_one_canary_at_a_time_of_a_candidate_with_a_sensible_share(registry):
+    registry.create_version("policy", write_weights())
+    with pytest.raises(InvalidTransitionError, match="no policy version is promoted"):
+        registry.start_canary("policy", "v0", 0.2)
+    registry.promote("policy", "v0")
+    for _ in range(2):
+        registry.create_version("policy", write_weights(b"new"), parent="v0")
+    for share in (0.0, 1.0, -0.1):
+        with pytest.raises(InvalidTransitionError, match="share must lie in"):
+            registry.start_canary("policy", "v1", share)
+    with pytest.raises(InvalidTransitionError, match="only a candidate"):
+        registry.start_canary("policy", "v0", 0.2)  # the promoted one
+    registry.start_canary("policy", "v1", 0.2)
+    with pytest.raises(InvalidTransitionError, match="policy/v1 is the canary already"):
+        registry.start_canary("policy", "v2", 0.2)
+    with pytest.raises(InvalidTransitionError, match="no reward canary"):
+        registry.end_canary("reward")
+
+
+def test_promoting_or_rolling_back_over_a_canary_ends_it(registry):
+    _promoted_and_candidates(registry, candidates=2)
+    registry.start_canary("policy", "v1", 0.5)
+    registry.promote("policy", "v2")  # an operator's choice wins over the canary
+
+    assert registry.serving("policy") == Serving("v2", None)
+    assert registry.get("policy", "v1").status == "candidate"
+    registry.start_canary("policy", "v1", 0.5)
+    registry.rollback("policy")  # v2 goes, v0 serves everyone
+
+    assert registry.serving("policy") == Serving("v0", None)
+    assert registry.get("policy", "v1").status == "candidate"
