@@ -157,9 +157,11 @@ class FeedbackCore:
         with self.read_engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    def stats(self, comparisons_since: datetime | None) -> dict[str, Any]:
+    def stats(
+        self, comparisons_since: datetime | None, thumbs_since: datetime | None = None
+    ) -> dict[str, Any]:
         with self.read_engine.connect() as conn:
-            return export.stats(conn, comparisons_since)
+            return export.stats(conn, comparisons_since, thumbs_since)
 
     def metrics_stats(self) -> dict[str, Any]:
         """Stats with "pending" counted from the end of the newest export."""

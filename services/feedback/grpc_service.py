@@ -195,7 +195,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             yield feedback_pb2.ComparisonPage(**window, page_index=0, last=True)
 
     def Stats(self, request, context):
-        stats = self._core.stats(_datetime(request, "comparisons_since"))
+        stats = self._core.stats(
+            _datetime(request, "comparisons_since"), _datetime(request, "thumbs_since")
+        )
         events = stats["events"]
         return feedback_pb2.StatsResponse(
             interactions=stats["interactions"],

@@ -15,7 +15,7 @@ from services.common.grpc_errors import field_violations
 from services.common.service_auth import service_channel
 from services.feedback.store.tables import export_snapshots
 from tests.feedback.feedback_helpers import serve_group
-from tests.harness import assert_refused_without_credential
+from tests.harness import assert_refused_without_credential, wait_for
 
 
 def interaction(**overrides) -> feedback_pb2.Interaction:
@@ -174,6 +174,41 @@ def test_stats_count_pending_comparisons_since_a_time(feedback):
     assert since.interactions == 5
     assert (since.feedback_events.ranking, since.feedback_events.thumbs) == (2, 1)
     assert [(t.model_version, t.thumbs_up) for t in since.thumbs] == [("v10", 1)]
+
+
+def _thumb(feedback, group, index: int, value: int) -> None:
+    response = feedback.http.post(
+        "/v1/feedback",
+        json={"kind": "thumb", "response_id": group.response_ids[index], "value": value},
+        headers=group.auth,
+    )
+    assert response.status_code == 202, response.text
+
+
+def test_stats_count_thumbs_given_since_a_time_by_version(feedback):
+    """The canary watch compares two versions' thumbs over the same period."""
+    before = serve_group(feedback.stub, n=2, model_version="v1")
+    _thumb(feedback, before, 0, 1)
+    _thumb(feedback, before, 1, -1)
+
+    def thumbs(request):
+        return [
+            (t.model_version, t.thumbs_up, t.thumbs_down)
+            for t in feedback.stub.Stats(request).thumbs
+        ]
+
+    everything = feedback_pb2.StatsRequest()
+    wait_for(lambda: thumbs(everything) == [("v1", 1, 1)], 10, "the first thumbs")
+    start = feedback_pb2.StatsRequest().thumbs_since
+    start.FromDatetime(datetime.now(UTC))
+    during = serve_group(feedback.stub, n=2, model_version="v1")
+    canary = serve_group(feedback.stub, n=1, model_version="v2")
+    _thumb(feedback, during, 0, 1)
+    _thumb(feedback, canary, 0, -1)
+    _thumb(feedback, before, 1, 1)  # changed its mind: the new vote counts, the old one not
+
+    wait_for(lambda: thumbs(everything) == [("v1", 3, 0), ("v2", 0, 1)], 10, "the new thumbs")
+    assert thumbs(feedback_pb2.StatsRequest(thumbs_since=start)) == [("v1", 2, 0), ("v2", 0, 1)]
 
 
 def test_every_internal_call_without_the_service_credential_is_refused(feedback):

@@ -118,8 +118,11 @@ def _version_order(version: str) -> tuple[int, str]:
     return (int(match.group(1)), version) if match else (1 << 30, version)
 
 
-def stats(conn: sa.Connection, comparisons_since: datetime | None) -> dict[str, Any]:
-    """Counts for Stats, /metrics and the trainer's "enough new data?" check."""
+def stats(
+    conn: sa.Connection, comparisons_since: datetime | None, thumbs_since: datetime | None = None
+) -> dict[str, Any]:
+    """Counts for Stats, /metrics, the trainer's "enough new data?" check and its canary
+    watch (thumbs given since the canary started)."""
 
     def count(table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
         return conn.execute(
@@ -140,9 +143,12 @@ def stats(conn: sa.Connection, comparisons_since: datetime | None) -> dict[str, 
         ).where(*pending_where)
     ).one()
     thumbs: dict[str, list[int]] = {}
+    thumbs_where = [feedback_events.c.kind == "thumb", feedback_events.c.replaced_by.is_(None)]
+    if thumbs_since is not None:
+        thumbs_where.append(feedback_events.c.recorded_at >= thumbs_since)
     for version, value, n in conn.execute(
         sa.select(feedback_events.c.model_version, feedback_events.c.thumb_value, sa.func.count())
-        .where(feedback_events.c.kind == "thumb", feedback_events.c.replaced_by.is_(None))
+        .where(*thumbs_where)
         .group_by(feedback_events.c.model_version, feedback_events.c.thumb_value)
     ):
         counts = thumbs.setdefault(version, [0, 0])

@@ -144,10 +144,12 @@ class ComparisonPair(_message.Message):
     def __init__(self, better: _Optional[int] = ..., worse: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("comparisons_since",)
+    __slots__ = ("comparisons_since", "thumbs_since")
     COMPARISONS_SINCE_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_SINCE_FIELD_NUMBER: _ClassVar[int]
     comparisons_since: _timestamp_pb2.Timestamp
-    def __init__(self, comparisons_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    thumbs_since: _timestamp_pb2.Timestamp
+    def __init__(self, comparisons_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., thumbs_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("interactions", "feedback_events", "comparisons_pending", "comparison_groups_pending", "outbox_backlog", "thumbs", "as_of")
