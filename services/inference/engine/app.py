@@ -37,6 +37,7 @@ from services.inference.engine.params import (
     ValidationFailed,
     check_parameters,
     describe_problem,
+    requested_version,
 )
 from services.inference.engine.responses import GenerateResponse, Info
 from services.inference.engine.runner import (
@@ -198,10 +199,12 @@ def create_app(runner: Runner) -> FastAPI:
 
     @app.get("/info", responses={200: {"model": Info}})
     async def info():
-        policy = runner.policies.current
+        policy, canary = runner.policies.current, runner.policies.canary
         return {
             "model_id": "policy",
             "model_version": policy.version if policy else None,
+            "canary_version": canary[0].version if canary else None,
+            "canary_share": canary[1] if canary else 0.0,
             "model_sha": None,
             "model_dtype": runner.policies.precision,
             "model_device_type": runner.policies.device.type,
@@ -335,7 +338,7 @@ def _prepare(runner: Runner, body: GenerateRequest, *, streaming: bool):
         max_stop_sequences=settings.max_stop_sequences,
         default_max_new_tokens=settings.default_max_new_tokens,
     )
-    policy = runner.policy()
+    policy = runner.policy(requested_version(body.parameters))
     input_ids = list(policy.tokenizer(body.inputs, add_special_tokens=False)["input_ids"])
     if body.parameters.truncate:
         input_ids = input_ids[-body.parameters.truncate :]

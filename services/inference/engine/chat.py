@@ -49,6 +49,8 @@ class StreamOptions(BaseModel):
 class ChatRequest(BaseModel):
     model_config = STRICT
 
+    # A version name ("v3") picks that version if it is loaded here (the gateway names the
+    # canary this way); anything else, or a version not loaded, gets the promoted one.
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -107,7 +109,7 @@ def add_chat_route(app: FastAPI, runner: Runner, responses: dict, stream_content
     async def chat_completions(body: ChatRequest, request: Request):
         started = time.perf_counter()
         params = sampling_for(body, runner)
-        policy = runner.policy()
+        policy = runner.policy(body.model)
         messages = [m.model_dump() for m in body.messages]
         prepared = runner.prepare(policy, encode_prompt(policy.tokenizer, messages), params)
         metrics.VALIDATION_DURATION.observe(time.perf_counter() - started)

@@ -87,6 +87,11 @@ PREFIX_CACHE_TOKENS = Gauge(
 SERVING = Gauge(
     "flywheel_engine_model_serving", "1 for the policy version serving now.", ["version"]
 )
+CANARY_SERVING = Gauge(
+    "flywheel_engine_canary_serving",
+    "1 for the canary version loaded beside the promoted one (answers requests that name it).",
+    ["version"],
+)
 
 
 def observe_batch(method: str, seconds: float, size: int) -> None:

@@ -26,8 +26,9 @@ STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class GenerateParameters(BaseModel):
-    # Unknown parameters (grammar, adapter_id...) are accepted and ignored, as TGI
-    # ignores what a model does not use; the ones with an effect are checked below.
+    # Unknown parameters (grammar...) are accepted and ignored, as TGI ignores what a
+    # model does not use; the ones with an effect are checked below. ``adapter_id``, TGI's
+    # name for "which weights answer", picks a loaded version as the chat route's ``model``.
     # Parameters this engine does not implement accept only their "off" value.
     model_config = ConfigDict(extra="allow", **STRICT)
 
@@ -88,6 +89,12 @@ def describe_problem(error: dict) -> str:
         return f"`{field}` must be a finite number"
     where = ".".join(str(p) for p in error["loc"][1:]) or "body"
     return f"{where}: {error['msg']}"
+
+
+def requested_version(parameters: GenerateParameters) -> str | None:
+    """The version a TGI request names with ``adapter_id``, if it names one."""
+    wanted = (parameters.model_extra or {}).get("adapter_id")
+    return wanted if isinstance(wanted, str) else None
 
 
 class GenerateRequest(BaseModel):

@@ -1,9 +1,14 @@
-"""Which policy version serves, and hot swapping to another without dropping requests.
+"""Which policy versions serve, and hot swapping to another without dropping requests.
 
 A reload loads the new version beside the old one and switches the pointer new requests
 read. Requests already admitted keep a reference to the version they started on (the
 scheduler batches them apart), so they finish on the old weights, which Python frees
 once the last of them leaves.
+
+During a canary (services/common/registry.py) the canary is loaded too, beside the promoted
+version: a request that names it (the gateway routes a share of its API keys there) gets it,
+every other request the promoted one. Two versions cost twice the weights' memory (SmolLM2-135M:
+about 270 MB more in bf16, 540 MB in fp32); the KV cache is shared.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 from services.common.model_host import ModelHost
 from services.common.model_loading import load_causal_lm, pick_device, resolve_precision
-from services.common.registry import ModelRegistry, VersionInfo
+from services.common.registry import Canary, ModelRegistry, VersionInfo
 from services.inference.engine import metrics
 from services.inference.engine.prefix_cache import PrefixCache
 from services.inference.engine.scheduler import LoadedPolicy
@@ -52,9 +57,38 @@ class PolicyHolder:
             ),
         )
 
+        self._canary_host = ModelHost(
+            registry, ROLE, self._load, metrics.CANARY_SERVING, describe=lambda _: "as the canary"
+        )
+        self._canary_share = 0.0
+
     @property
     def current(self) -> LoadedPolicy | None:
         return self._host.current
+
+    @property
+    def canary(self) -> tuple[LoadedPolicy, float] | None:
+        """The canary loaded beside the promoted version and its traffic share, if any."""
+        loaded = self._canary_host.current
+        return (loaded, self._canary_share) if loaded is not None else None
+
+    def for_request(self, version: str | None) -> LoadedPolicy | None:
+        """The version a request asked for by name if it is loaded here (the canary or the
+        promoted one), else the promoted one: a gateway that still routes to a canary that
+        just ended gets the promoted version, and the answer names the version that gave it."""
+        canary = self._canary_host.current
+        if version and canary is not None and canary.version == version:
+            return canary
+        return self._host.current
+
+    def follow_canary(self, canary: Canary | None) -> None:
+        """Load the registry's canary beside the promoted version, or drop the one that ended."""
+        if canary is None:
+            self._canary_host.drop()
+            self._canary_share = 0.0
+            return
+        self._canary_host.reload(canary.version)
+        self._canary_share = canary.share
 
     def reload(self, version: str = "") -> tuple[str, str]:
         """Serve ``version`` (default: the promoted one): (previous, current) version names.

@@ -16,6 +16,10 @@ class GenerateResponse(BaseModel):
 class Info(BaseModel):
     model_id: str
     model_version: str | None
+    # During a canary: the version loaded beside the promoted one, and the share of API keys
+    # the gateway sends to it (0.0 without a canary).
+    canary_version: str | None
+    canary_share: float
     model_sha: str | None
     model_dtype: str
     model_device_type: str

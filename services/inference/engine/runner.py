@@ -58,8 +58,9 @@ class Runner:
         self.policies = policies
         self.scheduler = scheduler
 
-    def policy(self) -> LoadedPolicy:
-        policy = self.policies.current
+    def policy(self, version: str | None = None) -> LoadedPolicy:
+        """The policy that answers a request naming ``version`` (see PolicyHolder.for_request)."""
+        policy = self.policies.for_request(version)
         if policy is None:
             raise NotReady("the engine is still loading its model")
         return policy

@@ -66,6 +66,7 @@ class EngineServer:
             self._follow_promotion,
             settings.redis_url,
             poll_s=settings.registry_poll_s,
+            on_canary=self.policies.follow_canary,
         )
 
         drain = settings.drain_timeout_s
@@ -76,11 +77,15 @@ class EngineServer:
                 Part("scheduler", self.scheduler.start, self.scheduler.stop, self._scheduler_alive),
                 Part("http", self.http.start, self.http.stop, lambda: self.http.alive),
                 Part("admin grpc", self.admin.start, lambda: self.admin.stop(drain)),
-                Part("model", lambda: self.policies.reload(settings.version)),
+                Part("model", self._load_models),
                 Part("ready", lambda: self.admin.set_serving(True), self._not_serving),
                 Part("promotions", self.watcher.start, self.watcher.stop),
             ],
         )
+
+    def _load_models(self) -> None:
+        self.policies.reload(self.settings.version)
+        self.policies.follow_canary(self.policies.registry.canary(ROLE))
 
     def _scheduler_alive(self) -> bool:
         return self.scheduler.alive
