@@ -105,6 +105,7 @@ def create_app(
         await flywheel_status.close()
         await probe.aclose()
         await deps.engine.close()
+        await deps.router.close()
         await deps.reward.close()
         await limiter.aclose()
 

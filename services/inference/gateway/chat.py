@@ -26,6 +26,7 @@ from services.common.aio import merge
 from services.common.api_keys import KeyRecord
 from services.common.chat_contract import MAX_SEED, ChatRole, seeds_fit
 from services.common.credentials import new_feedback_token
+from services.inference.gateway.canary import CanaryRouter
 from services.inference.gateway.engine_client import (
     Completion,
     EngineClient,
@@ -83,6 +84,7 @@ class InvalidRequest(ValueError):
 @dataclass
 class ChatDeps:
     engine: EngineClient
+    router: CanaryRouter
     reward: RewardClient
     spool: InteractionSpool
     max_messages: int
@@ -123,8 +125,9 @@ async def complete(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: Cha
     messages = [m.model_dump() for m in body.messages]
     count = body.best_of if body.best_of and body.best_of > 1 else body.n
     samplings = [sampling.for_candidate(i) for i in range(count)]
+    version = await deps.router.version_for(key.id)
     candidates: list[Completion] = await asyncio.gather(
-        *(deps.engine.complete(messages, s) for s in samplings)
+        *(deps.engine.complete(messages, s, version) for s in samplings)
     )
     best_of = None
     if count > body.n:
@@ -251,7 +254,8 @@ def stream(body: ChatBody, sampling: Sampling, key: KeyRecord, deps: ChatDeps) -
         texts, versions = [""] * body.n, [""] * body.n
         first_token = True
         prompt_tokens, completion_tokens = 0, 0
-        candidates = [deps.engine.stream(messages, s) for s in samplings]
+        version = await deps.router.version_for(key.id)
+        candidates = [deps.engine.stream(messages, s, version) for s in samplings]
         try:
             # aclosing: a client that hangs up stops every candidate's engine call at once.
             async with aclosing(merge(candidates)) as deltas:

@@ -77,9 +77,15 @@ class EngineClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def complete(self, messages: list[dict], sampling: Sampling) -> Completion:
+    async def complete(
+        self, messages: list[dict], sampling: Sampling, version: str | None = None
+    ) -> Completion:
+        """One candidate; ``version`` names the model to answer (the canary), None: the
+        promoted one."""
         try:
-            reply = await self._client.chat_completion(messages, **sampling.as_kwargs())
+            reply = await self._client.chat_completion(
+                messages, model=version, **sampling.as_kwargs()
+            )
         except Exception as exc:
             raise _failure(exc) from exc
         choice = reply.choices[0]
@@ -91,10 +97,13 @@ class EngineClient:
             model_version=reply.system_fingerprint or "",
         )
 
-    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: list[dict], sampling: Sampling, version: str | None = None
+    ) -> AsyncIterator[Delta]:
         try:
             chunks = await self._client.chat_completion(
                 messages,
+                model=version,
                 stream=True,
                 stream_options={"include_usage": True},
                 **sampling.as_kwargs(),

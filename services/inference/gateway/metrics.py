@@ -80,3 +80,9 @@ def watch_spool(spool: _SpoolStats) -> None:
     SPOOL_PENDING.set_function(guarded(spool.pending_count))
     SPOOL_DEAD.set_function(guarded(spool.dead_count))
     SPOOL_OLDEST_AGE.set_function(guarded(oldest_age))
+
+
+CANARY_ROUTED = Counter(
+    "flywheel_gateway_canary_requests_total",
+    "Chat requests sent to the policy canary (the API key's bucket lies in its share).",
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import redis
 
 from services.common.api_keys import ApiKeyStore
@@ -17,6 +18,7 @@ from services.common.revocations import RevocationPublisher
 from services.common.runtime import Part, ServiceProcess
 from services.inference.gateway import chat
 from services.inference.gateway.app import create_app
+from services.inference.gateway.canary import CanaryRouter
 from services.inference.gateway.engine_client import EngineClient
 from services.inference.gateway.rate_limit import RateLimiter
 from services.inference.gateway.recorder import InteractionRecorder
@@ -35,6 +37,10 @@ class GatewayServer:
         self.recorder = InteractionRecorder.from_settings(settings, self.spool)
         deps = chat.ChatDeps(
             engine=EngineClient(settings.engine_url, settings.request_timeout_s),
+            router=CanaryRouter(
+                httpx.AsyncClient(base_url=settings.engine_url, timeout=2.0),
+                settings.canary_refresh_s,
+            ),
             reward=RewardClient(settings.reward_grpc_target, settings.resolved_service_token()),
             spool=self.spool,
             max_messages=settings.max_messages,

@@ -89,6 +89,11 @@ class GatewaySettings(ServiceSettings):
     request_timeout_s: float = Field(
         120.0, gt=0, description="Longest a chat request may take end to end (engine included)."
     )
+    canary_refresh_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the engine's canary (version and share of API keys) is re-read.",
+    )
 
     # --- the chat page and its status view ------------------------------------------------
     feedback_public_url: str = Field(
