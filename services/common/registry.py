@@ -324,10 +324,18 @@ class ModelRegistry:
                 )
             if not state.get("promoted"):
                 raise InvalidTransitionError(f"no {role} version is promoted to compare with")
-            canary = Canary(version, share, _now())
+            # To the microsecond: the watch counts only votes given after this moment.
+            canary = Canary(version, share, datetime.now(UTC).isoformat())
             state["canary"] = asdict(canary)
             state.setdefault("statuses", {})[version] = "canary"
-            self._append_history(state, "canary", version, state["promoted"], share=str(share))
+            self._append_history(
+                state,
+                "canary",
+                version,
+                state["promoted"],
+                share=str(share),
+                started_at=canary.started_at,
+            )
             self._write_state(role, state)
         return canary
 
