@@ -1,9 +1,14 @@
-"""How often the rollback watch rolls back, by the real decision code on simulated thumbs.
+"""How often the watch rolls back or promotes, by the real decision code on simulated thumbs.
 
-``python -m tools.rollback_error_rates`` prints docs/trainer.md's table: versions whose users
-give thumbs-up at a rate equal to their parent's, or some points below it, watched as the
-trainer watches them (the real ``rollback_due`` asked after every ``step`` new votes of each
-version, up to a window), and how many votes a rollback took.
+``python -m tools.rollback_error_rates`` prints docs/trainer.md's two tables:
+
+- canaries whose users give thumbs-up at a rate equal to the promoted version's, or some points
+  below or above it, served to ``CANARY_SHARE`` of the keys (so the promoted version gets
+  (1 - share) / share votes for each of the canary's) and decided as the watch decides them
+  (the real ``canary_decision`` asked after every ``step`` new canary votes, up to a window
+  that stands for the longest wait);
+- promoted versions against their parent (the real ``rollback_due``, likewise).
+
 tests/trainer/test_rollback_error_rates.py checks the defaults' promises.
 """
 
@@ -14,7 +19,7 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from services.trainer.sequential import rollback_due
+from services.trainer.sequential import canary_decision, rollback_due
 from services.trainer.settings import TrainerSettings
 
 
@@ -57,11 +62,90 @@ def watch(
     return Watched(len(took) / trials, statistics.median(took) if took else None)
 
 
+@dataclass(frozen=True)
+class Decided:
+    rolled_back: float  # share of simulated canaries rolled back within the window
+    promoted_early: float  # share promoted before the window's end (shown not worse)
+    median_votes: float | None  # the canary's votes when it was rolled back, among those
+
+
+def decide_canaries(
+    canary_rate: float,
+    promoted_rate: float,
+    settings: TrainerSettings,
+    trials: int,
+    window: int = 300,
+    step: int = 10,
+    seed: int = 0,
+) -> Decided:
+    """``trials`` canaries, each watched until decided or ``window`` canary votes; the
+    promoted version's votes arrive alongside, in the traffic's proportion."""
+    rng = random.Random(seed)
+    per_canary_vote = (1 - settings.canary_share) / settings.canary_share
+    took: list[int] = []
+    promoted_early = 0
+    for _ in range(trials):
+        c_up = p_up = p_votes = 0
+        for votes in range(step, window + 1, step):
+            c_up += sum(rng.random() < canary_rate for _ in range(step))
+            new = round(votes * per_canary_vote) - p_votes
+            p_up += sum(rng.random() < promoted_rate for _ in range(new))
+            p_votes += new
+            decision = canary_decision(
+                c_up,
+                votes - c_up,
+                p_up,
+                p_votes - p_up,
+                waited_s=0.0,
+                alpha=settings.rollback_alpha,
+                rollback_margin=settings.rollback_margin,
+                promote_margin=settings.canary_margin,
+                planned_votes=settings.rollback_planned_votes,
+                max_wait_s=settings.canary_max_wait_s,
+                at_longest_wait=settings.canary_at_longest_wait,
+            )
+            if decision.action == "roll_back":
+                took.append(votes)
+                break
+            if decision.action == "promote":
+                promoted_early += 1
+                break
+    return Decided(
+        len(took) / trials, promoted_early / trials, statistics.median(took) if took else None
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2000)
     args = parser.parse_args()
     settings = TrainerSettings()
+    print(
+        f"Canaries: share {settings.canary_share}, alpha {settings.rollback_alpha}, rollback "
+        f"margin {settings.rollback_margin}, promote margin {settings.canary_margin}; asked "
+        f"every 10 canary votes; {args.trials} trials"
+    )
+    print(
+        "| thumbs-up: canary vs promoted | window (canary votes) | rolled back "
+        "| promoted early | median canary votes to roll back |"
+    )
+    print("|---|---|---|---|---|")
+    for canary, promoted, window in [
+        (0.6, 0.6, 300),
+        (0.6, 0.6, 1000),
+        (0.53, 0.6, 1000),
+        (0.45, 0.6, 300),
+        (0.45, 0.6, 1000),
+        (0.3, 0.6, 300),
+        (0.7, 0.6, 1000),
+    ]:
+        seen = decide_canaries(canary, promoted, settings, args.trials, window=window)
+        votes = "-" if seen.median_votes is None else f"{seen.median_votes:.0f}"
+        print(
+            f"| {canary} vs {promoted} | {window} | {seen.rolled_back:.1%} "
+            f"| {seen.promoted_early:.1%} | {votes} |"
+        )
+    print()
     print(
         f"alpha {settings.rollback_alpha}, margin {settings.rollback_margin}, tightest near "
         f"{settings.rollback_planned_votes} votes; asked every 10 votes; {args.trials} trials"

@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
                 return 1
         case "status":
             runs = ask("flywheel.trainer.status", limit=args.limit)
-            print(json.dumps(runs, indent=2) if args.json else render(runs))
+            watch = ask("flywheel.trainer.watch_report")
+            if args.json:
+                print(json.dumps({"watch": watch, "runs": runs}, indent=2))
+            else:
+                print(render_watch(watch))
+                print(render(runs))
         case "cancel":
             reply = ask("flywheel.trainer.cancel")
             print(
@@ -86,7 +91,7 @@ _SHOWN = {
         "kl",
         "tax_perplexity_ratio",
     ),
-    "promote": ("version",),
+    "promote": ("version", "canary_share"),
 }
 
 
@@ -96,6 +101,31 @@ def _value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     return str(value)
+
+
+def render_watch(report: dict[str, Any] | None) -> str:
+    """The watch's last look: the canary (or the newly promoted policy) against the version
+    it is compared with, their always-valid intervals, and the decision."""
+    if report is None:
+        return "watch: no look yet"
+    if report["kind"] == "idle":
+        return f"watch: {report['reason']}"
+    low, high = report["version_interval"]
+    other_low, other_high = report["against_interval"]
+    votes, other_votes = report["votes"]
+    if report["kind"] == "canary":
+        head = (
+            f"canary {report['version']} on {report['share']:.0%} of the keys for "
+            f"{report['waited_s']:.0f} of {report['max_wait_s']:.0f} s, "
+            f"vs promoted {report['against']}"
+        )
+    else:
+        head = f"promoted {report['version']} vs its parent {report['against']}"
+    return (
+        f"{head}: thumbs-up [{low:.2f}, {high:.2f}] ({votes} votes) vs "
+        f"[{other_low:.2f}, {other_high:.2f}] ({other_votes}); decision: {report['decision']}"
+        f"\n  {report['reason']}"
+    )
 
 
 def render(runs: list[dict[str, Any]]) -> str:

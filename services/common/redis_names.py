@@ -28,6 +28,9 @@ TRAINER_RUN_LOCK = f"{PREFIX}:trainer:run-lock"
 """Held while a training run is in progress: one run at a time (value ``<fence>:<owner>``)."""
 TRAINER_FIRST_CHECK = f"{PREFIX}:trainer:first-check"
 """When the trainer first checked for data (ISO time): the start of the first wait."""
+TRAINER_WATCH_REPORT = f"{PREFIX}:trainer:watch"
+"""The watch's last look (JSON): the canary or promoted policy it compared, its intervals and
+what it decided; read by `flywheel train status` and the chat page's status view."""
 
 
 def rate_limit_key(api_key_id: str) -> str:

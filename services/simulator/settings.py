@@ -148,6 +148,11 @@ class DemoSettings(BaseSettings):
             "FLYWHEEL_TRAINER_MIN_WIN_RATE": str(self.min_win_rate),
             "FLYWHEEL_TRAINER_RM_FIRST_MARGIN": str(self.rm_first_margin),
             "FLYWHEEL_TRAINER_BOOTSTRAP_SAMPLES": "500",
+            # No canary: a round's traffic comes from a few simulated API keys over minutes,
+            # too few keys for a 20 % share to mean anything and too few thumbs to decide
+            # one (docs/trainer.md's canary table: hundreds of canary votes). A policy that
+            # passes the gates serves everyone at once; the rollback watch still guards it.
+            "FLYWHEEL_TRAINER_CANARY_SHARE": "0",
             "FLYWHEEL_TRAINER_DEVICE": "cpu",
             "FLYWHEEL_ENGINE_DEVICE": "cpu",
             "FLYWHEEL_REWARD_DEVICE": "cpu",

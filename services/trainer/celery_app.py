@@ -1,7 +1,7 @@
 """The trainer's Celery application: Redis as broker and result backend, two queues, a beat
 schedule.
 
-Queues: ``control`` (checks, status, cancel, the reconciler, the rollback watch: quick, no
+Queues: ``control`` (checks, status, cancel, the reconciler, the watch: quick, no
 torch) and ``train`` (driving a run; its heavy stages run in subprocesses or Jobs). Each
 queue has its own worker, started with the solo pool, concurrency 1 and prefetch 1: no
 worker process is ever forked (a fork of a process that touched CUDA cannot use it), the
@@ -53,10 +53,10 @@ def make_app(settings: TrainerSettings) -> Celery:
                 "schedule": max(settings.lease_ttl_s / 2, 1.0),
                 "options": {"expires": settings.lease_ttl_s},
             },
-            "watch-for-rollbacks": {
-                "task": "flywheel.trainer.watch_rollback",
-                "schedule": settings.rollback_check_s,
-                "options": {"expires": settings.rollback_check_s},
+            "watch-canary-and-rollbacks": {
+                "task": "flywheel.trainer.watch",
+                "schedule": settings.watch_interval_s,
+                "options": {"expires": settings.watch_interval_s},
             },
         },
     )

@@ -1,6 +1,6 @@
 """What the trainer's Celery tasks do, as plain methods (tasks.py only calls them).
 
-The control side (checks, status, cancel, the reconciler and the rollback watch) is cheap and
+The control side (checks, status, cancel, the reconciler and the watch) is cheap and
 imports no torch; the train side drives a run (pipeline.py), whose heavy stages run in
 processes of their own.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +24,10 @@ from services.trainer.executors.base import Executor
 from services.trainer.executors.local import LocalExecutor
 from services.trainer.lease import Lease
 from services.trainer.pipeline import RunDriver
-from services.trainer.promotion import roll_back
-from services.trainer.sequential import rollback_due
 from services.trainer.settings import TrainerSettings
 from services.trainer.store.runs import Run, RunStore
 from services.trainer.trigger import decide
+from services.trainer.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class Trainer:
         active = self.store.active_run()
         if active is not None:
             return {"started": False, "run_id": active.id, "reason": "a run is in progress"}
+        canary = self.registry.canary("policy")
+        if canary is not None:
+            # One candidate at a time: the next run starts from the policy the canary's
+            # decision leaves serving.
+            reason = f"policy/{canary.version} is a canary; the next run waits for its decision"
+            return {"started": False, "run_id": None, "reason": reason}
         last = self.store.last_finished()
         since = last.snapshot_until if last else None
         stats = self._stats(since)
@@ -94,29 +100,14 @@ class Trainer:
             return {"cancelled": None, "reason": "no run is in progress"}
         return {"cancelled": run.id, "reason": "the run stops at its next check"}
 
-    def watch_rollback(self) -> dict[str, Any]:
-        """Roll the promoted policy back once its live thumbs-up rate is shown below its
-        parent's by the always-valid test (each version rolled back at most once)."""
-        promoted = self.registry.promoted("policy")
-        if promoted is None or promoted.manifest.parent is None:
-            return {"rolled_back": None, "reason": "no promoted policy with a parent"}
-        version, parent = promoted.version, promoted.manifest.parent
-        if self.store.rolled_back(version):
-            return {"rolled_back": None, "reason": f"{version} was rolled back before"}
-        thumbs = {t.model_version: (t.thumbs_up, t.thumbs_down) for t in self._stats(None).thumbs}
-        verdict = rollback_due(
-            *thumbs.get(version, (0, 0)),
-            *thumbs.get(parent, (0, 0)),
-            alpha=self.settings.rollback_alpha,
-            margin=self.settings.rollback_margin,
-            planned_votes=self.settings.rollback_planned_votes,
-        )
-        if not verdict.passed:
-            return {"rolled_back": None, "reason": verdict.reason}
-        if not self.store.record_rollback(version, parent, verdict.reason):
-            return {"rolled_back": None, "reason": f"{version} was rolled back before"}
-        now_serving = roll_back(self.registry, self.settings.redis_url, "policy")
-        return {"rolled_back": version, "to": now_serving, "reason": verdict.reason}
+    def watch(self) -> dict[str, Any]:
+        """Decide the policy canary, or roll back a promoted policy shown worse than its
+        parent (watch.py); what it saw and did."""
+        return asdict(self._watch().look())
+
+    def watch_report(self) -> dict[str, Any] | None:
+        """The watch's last look, as the status views show it (None before its first)."""
+        return self._watch().last_report()
 
     # ---- train --------------------------------------------------------------------------
 
@@ -138,12 +129,22 @@ class Trainer:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _stats(self, since: datetime | None) -> feedback_pb2.StatsResponse:
+    def _watch(self) -> Watch:
+        return Watch(self.settings, self.registry, self.store, self.redis, self._thumbs_since)
+
+    def _thumbs_since(self, since: datetime | None) -> dict[str, tuple[int, int]]:
+        thumbs = self._stats(None, thumbs_since=since).thumbs
+        return {t.model_version: (t.thumbs_up, t.thumbs_down) for t in thumbs}
+
+    def _stats(
+        self, since: datetime | None, thumbs_since: datetime | None = None
+    ) -> feedback_pb2.StatsResponse:
         request = feedback_pb2.StatsRequest()
-        if since is not None:
-            stamp = Timestamp()
-            stamp.FromDatetime(since)
-            request.comparisons_since.CopyFrom(stamp)
+        for field, moment in (("comparisons_since", since), ("thumbs_since", thumbs_since)):
+            if moment is not None:
+                stamp = Timestamp()
+                stamp.FromDatetime(moment)
+                getattr(request, field).CopyFrom(stamp)
         token = self.settings.resolved_service_token()
         with service_channel(self.settings.feedback_grpc_target, token) as channel:
             return feedback_pb2_grpc.FeedbackServiceStub(channel).Stats(request, timeout=30)

@@ -47,12 +47,44 @@ PROMOTIONS = Counter("flywheel_trainer_promotions_total", "Versions promoted, by
 ROLLBACKS = Counter("flywheel_trainer_rollbacks_total", "Automatic rollbacks, by role.", ["role"])
 ACTIVE_RUN = Gauge("flywheel_trainer_run_active", "1 while this worker drives a run.")
 
+# The watch (control worker): the canary, or the promoted policy against its parent.
+CANARY_SHARE = Gauge(
+    "flywheel_trainer_canary_share", "Share of API keys the policy canary serves (0: none)."
+)
+CANARY_AGE = Gauge(
+    "flywheel_trainer_canary_age_seconds", "How long the policy canary has served (0: none)."
+)
+CANARY_MAX_WAIT = Gauge(
+    "flywheel_trainer_canary_max_wait_seconds",
+    "The longest a canary may serve undecided (the watch then decides it).",
+)
+CANARY_DECISIONS = Counter(
+    "flywheel_trainer_canary_decisions_total",
+    "Canaries decided by the watch, by decision (promote, roll_back).",
+    ["decision"],
+)
+WATCH_VOTES = Gauge(
+    "flywheel_trainer_watch_votes",
+    "Thumbs the watch compared, by arm: 'version' (the canary or the newly promoted policy) "
+    "and 'against' (the promoted policy or the parent).",
+    ["arm"],
+)
+WATCH_BOUND = Gauge(
+    "flywheel_trainer_watch_thumbs_up_bound",
+    "The always-valid interval of each arm's thumbs-up rate, by arm and bound (low, high).",
+    ["arm", "bound"],
+)
+
 
 def _create_series_at_start() -> None:
     # Until a run measures them the quality gauges read NaN (Grafana: no value), not a 0 that
     # looks like a measured 0% accuracy or win rate.
     for gauge in (RM_ACCURACY, WIN_RATE, WIN_RATE_LOWER, WIN_RATE_THRESHOLD, KL):
         gauge.set(float("nan"))
+    for arm in ("version", "against"):
+        for bound in ("low", "high"):
+            WATCH_BOUND.labels(arm, bound).set(float("nan"))
+        WATCH_VOTES.labels(arm).set(0)
     for name in STANDARD_METRIC_NAMES:
         PPO.labels(name).set(float("nan"))
     # Counter series exist at 0 from start-up: increase() and rate() see nothing before a
@@ -60,6 +92,8 @@ def _create_series_at_start() -> None:
     for role in ROLES:
         PROMOTIONS.labels(role)
         ROLLBACKS.labels(role)
+    for decision in ("promote", "roll_back"):
+        CANARY_DECISIONS.labels(decision)
 
 
 def create_run_series(stages: Iterable[str]) -> None:

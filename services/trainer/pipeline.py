@@ -21,7 +21,7 @@ from services.rlhf.metric_names import STANDARD_METRIC_NAMES
 from services.trainer import metrics, snapshot
 from services.trainer.executors.base import Executor, StageJob
 from services.trainer.lease import Lease
-from services.trainer.promotion import promote
+from services.trainer.promotion import promote, start_canary
 from services.trainer.settings import TrainerSettings
 from services.trainer.stages.context import StageContext, StageResult
 from services.trainer.store.runs import LostFence, Run, RunStore
@@ -145,9 +145,7 @@ class RunDriver:
         if stage == "snapshot":
             return self._snapshot(ctx, fence)
         if stage == "promote":
-            version = ctx.inputs["ppo"]["version"]
-            promote(ctx.registry, self.settings.redis_url, "policy", version)
-            return StageResult("done", {"version": version})
+            return self._promote(ctx)
         ctx.write_job()
         job = StageJob(
             run.id,
@@ -167,6 +165,17 @@ class RunDriver:
             # Promoted before PPO starts, so the reward service serves the RM PPO trains on.
             promote(ctx.registry, self.settings.redis_url, "reward", result.outputs["promoted"])
         return result
+
+    def _promote(self, ctx: StageContext) -> StageResult:
+        """Put the policy that passed the gates in front of users: as a canary for a share of
+        the API keys (the watch promotes it or rolls it back, watch.py), or, with no canary
+        share, to everyone at once."""
+        version, share = ctx.inputs["ppo"]["version"], self.settings.canary_share
+        if share > 0:
+            start_canary(ctx.registry, self.settings.redis_url, "policy", version, share)
+            return StageResult("done", {"version": version, "canary_share": share})
+        promote(ctx.registry, self.settings.redis_url, "policy", version)
+        return StageResult("done", {"version": version, "canary_share": 0.0})
 
     def _keep_judge(self, ctx: StageContext, version: str) -> None:
         """The judge serves no one: promoted so the next run's judge starts from it (unless

@@ -1,6 +1,7 @@
-"""Promoting and rolling back versions: the registry is the truth, the announcement on Redis
+"""Promoting, canaries and rolling back: the registry is the truth, the announcement on Redis
 makes the engine and the reward service switch at once (they also poll the registry, so a
-lost announcement only delays the switch)."""
+lost announcement only delays the switch). Every registry write the trainer makes goes
+through here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import redis
 
 from services.common.promotions import announce_promotion
-from services.common.registry import ModelRegistry
+from services.common.registry import Canary, ModelRegistry
 from services.trainer import metrics
 
 log = logging.getLogger(__name__)
@@ -36,3 +37,21 @@ def roll_back(registry: ModelRegistry, redis_url: str, role: str) -> str:
     metrics.ROLLBACKS.labels(role).inc()
     log.warning("rolled %s back to %s", role, info.version)
     return info.version
+
+
+def start_canary(
+    registry: ModelRegistry, redis_url: str, role: str, version: str, share: float
+) -> Canary:
+    canary = registry.start_canary(role, version, share)
+    _announce(redis_url, role, version, "canary")
+    log.info("%s/%s serves %.0f%% of the API keys as a canary", role, version, 100 * share)
+    return canary
+
+
+def end_canary(registry: ModelRegistry, redis_url: str, role: str, reason: str) -> Canary:
+    """Take the canary off the traffic as a loser (an automatic rollback)."""
+    canary = registry.end_canary(role, reason)
+    _announce(redis_url, role, canary.version, "end-canary")
+    metrics.ROLLBACKS.labels(role).inc()
+    log.warning("rolled the %s canary %s back: %s", role, canary.version, reason)
+    return canary

@@ -188,20 +188,49 @@ class TrainerSettings(ServiceSettings):
         description="Times a failed stage (a crash, not a gate) is retried from its "
         "checkpoint before the run fails.",
     )
-    # The rollback watch's test (services/trainer/sequential.py): always valid, however
-    # often it looks; docs/trainer.md's table gives its error rates and the votes it needs.
+    # --- the watch: canary and rollback ----------------------------------------------------
+    # A policy that passes the gates first serves canary_share of the API keys beside the
+    # promoted one; the watch decides it with an always-valid test on both versions' thumbs
+    # over the same period (services/trainer/sequential.py), and after a full promotion
+    # watches it against its parent with the same test. docs/trainer.md's tables give the
+    # error rates and the votes they need.
+    canary_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of API keys a new policy serves as a canary before it serves "
+        "everyone; 0: promote at once (then only the rollback watch guards it).",
+    )
+    canary_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Promote a canary early once its thumbs-up rate is shown above the "
+        "promoted version's minus this.",
+    )
+    canary_max_wait_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Longest a canary serves undecided; then canary_at_longest_wait applies.",
+    )
+    canary_at_longest_wait: Literal["promote", "roll_back"] = Field(
+        "promote",
+        description="What an undecided canary gets at the longest wait: 'promote' (not shown "
+        "worse, and the gates showed it better offline) or 'roll_back' (shown nothing live).",
+    )
     rollback_alpha: float = Field(
         0.05,
         gt=0,
         lt=0.5,
-        description="Chance that a version as good as its parent is ever rolled back while it "
-        "serves (the watch may look as often as it likes).",
+        description="Chance that a version as good as the one it is compared with is ever "
+        "rolled back (as a canary or after its promotion), however often the watch looks; also "
+        "the chance that a canary worse by more than canary_margin is promoted early.",
     )
     rollback_margin: float = Field(
         0.0,
         ge=0,
-        description="Roll back a promoted policy only when its thumbs-up rate is shown below "
-        "its parent's by more than this.",
+        description="Roll back a canary or a promoted policy only when its thumbs-up rate is "
+        "shown below the other version's by more than this.",
     )
     rollback_planned_votes: int = Field(
         300,
@@ -209,7 +238,9 @@ class TrainerSettings(ServiceSettings):
         description="Votes per version near which the test is most sensitive (it stays valid "
         "at every count).",
     )
-    rollback_check_s: float = Field(120.0, gt=0, description="How often the rollback watch runs.")
+    watch_interval_s: float = Field(
+        120.0, gt=0, description="How often the watch decides the canary or looks for a rollback."
+    )
 
     # --- where it runs -----------------------------------------------------------------------
     executor: Literal["local", "kubernetes"] = Field(

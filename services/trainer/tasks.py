@@ -57,10 +57,15 @@ def cancel() -> dict[str, Any]:
 
 
 @app.task(
-    name="flywheel.trainer.watch_rollback",
+    name="flywheel.trainer.watch",
     autoretry_for=_TRANSIENT,
     retry_backoff=True,
     max_retries=3,
 )
-def watch_rollback() -> dict[str, Any]:
-    return trainer().watch_rollback()
+def watch() -> dict[str, Any]:
+    return trainer().watch()
+
+
+@app.task(name="flywheel.trainer.watch_report")
+def watch_report() -> dict[str, Any] | None:
+    return trainer().watch_report()

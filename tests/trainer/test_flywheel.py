@@ -142,7 +142,12 @@ def first_run(deployment: Deployment) -> str:
     return deployment.store.recent(1)[0].id
 
 
-def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_dislike_it(
+def canary_of(engine: EngineServer) -> str | None:
+    info = httpx.get(f"http://127.0.0.1:{engine.http.port}/info", timeout=10).json()
+    return info["canary_version"]
+
+
+def test_comparisons_become_a_canary_which_is_rolled_back_when_users_dislike_it(
     deployment, feedback, engine, model_store
 ):
     assert served_version(engine) == "v0"
@@ -152,15 +157,25 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
         FLYWHEEL_TRAINER_PPO_EPOCHS="2",
         FLYWHEEL_TRAINER_PPO_SCORE_CUT_ANSWERS="true",
         FLYWHEEL_TRAINER_GATE_SAMPLES_PER_PROMPT="2",
+        FLYWHEEL_TRAINER_CANARY_SHARE="0.2",
     )
     deployment.start()
     run = deployment.wait_for_run(first_run(deployment))
 
     assert run.status == "succeeded", (run.reason, deployment.logs())
-    assert model_store.promoted("policy").version == "v1"
+    # The new policy serves a fifth of the keys beside v0 until the watch decides it.
+    assert model_store.promoted("policy").version == "v0"
+    assert model_store.canary("policy").version == "v1"
+    assert model_store.get("policy", "v1").status == "canary"
     assert model_store.promoted("reward").version == "v0"
-    # The engine followed the promotion announced on Redis.
-    wait_for(lambda: served_version(engine) == "v1", 30, "the engine to serve policy/v1")
+    # The engine followed the canary announced on Redis: both versions loaded.
+    wait_for(lambda: canary_of(engine) == "v1", 30, "the engine to load the canary policy/v1")
+    assert served_version(engine) == "v0"
+    wait_for(
+        lambda: (deployment.call("flywheel.trainer.watch_report") or {}).get("kind") == "canary",
+        30,
+        "beat's watch to look at the canary",
+    )
 
     # The operator's view, through the control worker as `flywheel train status` asks it.
     status = deployment.call("flywheel.trainer.status", 5)
@@ -180,23 +195,27 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     assert shown.returncode == 0, shown.stderr
     assert run.id in shown.stdout and "succeeded" in shown.stdout
     assert "heldout_accuracy=" in shown.stdout and "win_rate=" in shown.stdout
+    assert "canary v1 on 20% of the keys" in shown.stdout and "decision: wait" in shown.stdout
     # And as the chat page's status view shows it (the gateway asks the same control worker).
     page = chat_page_status(deployment.env, engine, feedback)
-    assert page["serving"]["model_version"] == "v1", page
+    assert page["serving"]["model_version"] == "v0", page
+    assert (page["serving"]["canary_version"], page["serving"]["canary_share"]) == ("v1", 0.2)
+    assert page["trainer"]["watch"]["kind"] == "canary", page["trainer"]
+    assert page["trainer"]["watch"]["decision"] == "wait", page["trainer"]
     [shown_run] = [r for r in page["trainer"]["runs"] if r["id"] == run.id]
     gates = {s["name"]: s for s in shown_run["stages"]}
     assert shown_run["status"] == "succeeded" and gates["promote"]["version"] == "v1"
     assert gates["policy_gate"]["win_rate"] == stages["policy_gate"]["outputs"]["win_rate"]
     assert gates["rm_gate"]["heldout_accuracy"] == stages["rm_gate"]["outputs"]["heldout_accuracy"]
-    nothing_new = flywheel(deployment.env, "train", "now")
-    assert nothing_new.returncode == 1
-    assert "no new comparisons since the last run" in nothing_new.stdout
+    waiting = flywheel(deployment.env, "train", "now")
+    assert waiting.returncode == 1
+    assert "policy/v1 is a canary; the next run waits for its decision" in waiting.stdout
     assert "no run is in progress" in flywheel(deployment.env, "train", "cancel").stdout
 
     # Prometheus sees the run end, the promotions, and the gate's numbers.
     train_metrics = metrics_of(deployment.env["FLYWHEEL_TRAINER_TRAIN_METRICS_PORT"])
     assert 'flywheel_trainer_runs_total{outcome="succeeded",stage="promote"} 1.0' in train_metrics
-    assert 'flywheel_trainer_promotions_total{role="policy"} 1.0' in train_metrics
+    assert 'flywheel_trainer_promotions_total{role="policy"} 0.0' in train_metrics  # a canary
     assert 'flywheel_trainer_promotions_total{role="reward"} 1.0' in train_metrics
     # The gauge shows the number the RM gate judged (the tiny RM's accuracy itself varies).
     accuracy = stages["rm_gate"]["outputs"]["heldout_accuracy"]
@@ -210,16 +229,19 @@ def test_comparisons_become_a_served_policy_which_is_rolled_back_when_users_disl
     }
     assert len(model_store.versions("policy")) == 2
 
-    # Users liked v0's answers and dislike v1's: beat's rollback watch puts v0 back (30 votes
-    # each, all one way, is where the always-valid test first tells them apart at alpha 0.05).
+    # During the canary, users like v0's answers and dislike v1's: beat's watch takes the
+    # canary off (30 votes each, all one way, is where the always-valid test first tells
+    # them apart at alpha 0.05), and every key gets v0 again.
     record_thumbs(feedback.stub, feedback.http, "v0", 1, 30)
     record_thumbs(feedback.stub, feedback.http, "v1", -1, 30)
-    wait_for(lambda: model_store.promoted("policy").version == "v0", 30, "the rollback")
-    assert deployment.store.rolled_back("v1")
-    wait_for(lambda: served_version(engine) == "v0", 30, "the engine to serve v0 again")
+    wait_for(lambda: model_store.canary("policy") is None, 30, "the canary's rollback")
     assert model_store.get("policy", "v1").status == "rolled-back"
+    assert model_store.promoted("policy").version == "v0"
+    assert deployment.store.rolled_back("v1")
+    wait_for(lambda: canary_of(engine) is None, 30, "the engine to drop the canary")
     control_metrics = metrics_of(deployment.env["FLYWHEEL_TRAINER_CONTROL_METRICS_PORT"])
     assert 'flywheel_trainer_rollbacks_total{role="policy"} 1.0' in control_metrics
+    assert 'flywheel_trainer_canary_decisions_total{decision="roll_back"} 1.0' in control_metrics
 
 
 def test_two_triggers_at_once_give_one_run(deployment, feedback):
@@ -239,7 +261,12 @@ def test_a_worker_killed_mid_ppo_resumes_the_run_from_its_checkpoint(
     deployment, feedback, env, model_store
 ):
     # Enough PPO iterations that the kill lands inside the stage, a checkpoint every one.
-    deployment.env.update(FLYWHEEL_TRAINER_PPO_ITERATIONS="12")
+    # A canary that nobody votes on holds: promoted at its (here short) longest wait.
+    deployment.env.update(
+        FLYWHEEL_TRAINER_PPO_ITERATIONS="12",
+        FLYWHEEL_TRAINER_CANARY_SHARE="0.2",
+        FLYWHEEL_TRAINER_CANARY_MAX_WAIT_S="2",
+    )
     record_great_rankings(feedback.stub, feedback.http, HELD_OUT_SAFE_RANKINGS)
     deployment.start()
     run_id = first_run(deployment)
@@ -255,5 +282,6 @@ def test_a_worker_killed_mid_ppo_resumes_the_run_from_its_checkpoint(
     assert run.stages["ppo"].attempts == 2  # the stage resumed, not the run
     assert run.stages["reward_model"].attempts == 1  # done stages are never redone
     assert "resumed from" in deployment.train.log()
-    assert model_store.promoted("policy").version == "v1"
+    wait_for(lambda: model_store.promoted("policy").version == "v1", 30, "the canary's promotion")
+    assert [h["action"] for h in model_store.history("policy")][-2:] == ["canary", "promote"]
     assert len(model_store.versions("policy")) == 2

@@ -1,11 +1,11 @@
-"""The rollback watch's always-valid test, rule by rule (its error rates, simulated:
+"""The watch's always-valid tests (rollback and canary), rule by rule (its error rates, simulated:
 test_rollback_error_rates.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.trainer.sequential import compare_rates, rate_sequence, rollback_due
+from services.trainer.sequential import canary_decision, compare_rates, rate_sequence, rollback_due
 
 RULE = dict(alpha=0.05, margin=0.0, planned_votes=300)
 
@@ -56,3 +56,37 @@ def test_the_margin_spares_a_version_worse_by_less_than_it():
 @pytest.mark.parametrize("version_up", [600, 800])
 def test_an_equal_or_better_version_is_never_rolled_back(version_up):
     assert not rollback_due(version_up, 1000 - version_up, 600, 400, **RULE).passed
+
+
+CANARY_RULE = dict(
+    alpha=0.05,
+    rollback_margin=0.0,
+    promote_margin=0.05,
+    planned_votes=300,
+    max_wait_s=3600.0,
+    at_longest_wait="promote",
+)
+
+
+def test_a_canary_shown_worse_than_the_promoted_version_is_rolled_back():
+    decision = canary_decision(20, 40, 320, 80, waited_s=60, **CANARY_RULE)
+    assert decision.action == "roll_back"
+    assert decision.reason.startswith("worse than the promoted version: thumbs-up in [")
+    assert "(60 votes, promoted 400)" in decision.reason
+
+
+def test_a_canary_shown_not_worse_by_more_than_the_margin_is_promoted_early():
+    decision = canary_decision(1900, 1100, 5400, 3600, waited_s=60, **CANARY_RULE)
+    assert decision.action == "promote", decision.reason
+    assert decision.seen.version[0] > decision.seen.parent[1] - 0.05
+
+
+def test_an_undecided_canary_waits_then_gets_the_longest_wait_rule():
+    votes = (12, 8, 50, 30)
+    assert canary_decision(*votes, waited_s=3599, **CANARY_RULE).action == "wait"
+    at_end = canary_decision(*votes, waited_s=3600, **CANARY_RULE)
+    assert at_end.action == "promote" and "undecided after the longest wait" in at_end.reason
+    cautious = {**CANARY_RULE, "at_longest_wait": "roll_back"}
+    assert canary_decision(*votes, waited_s=3600, **cautious).action == "roll_back"
+    # Shown worse wins over the longest wait.
+    assert canary_decision(0, 40, 300, 100, waited_s=10**6, **CANARY_RULE).action == "roll_back"

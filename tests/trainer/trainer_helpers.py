@@ -102,7 +102,9 @@ def trainer_env(
         # A tiny random policy's win rate is noise: the win-rate rule is tested on its own.
         "FLYWHEEL_TRAINER_MIN_WIN_RATE": "0",
         "FLYWHEEL_TRAINER_BOOTSTRAP_SAMPLES": "200",
-        "FLYWHEEL_TRAINER_ROLLBACK_CHECK_S": "1",
+        "FLYWHEEL_TRAINER_WATCH_INTERVAL_S": "1",
+        # A run promotes at once unless a test asks for a canary (test_flywheel.py does).
+        "FLYWHEEL_TRAINER_CANARY_SHARE": "0",
         "FLYWHEEL_TRAINER_CONTROL_METRICS_PORT": str(control_port),
         "FLYWHEEL_TRAINER_TRAIN_METRICS_PORT": str(train_port),
         "FLYWHEEL_TRAINER_BEAT_METRICS_PORT": str(beat_port),

@@ -2,7 +2,8 @@
 
 Each part comes from the service that owns it: the serving version from the engine's
 ``/info``, thumbs by version from the feedback service's ``Stats`` (gRPC), recent runs and
-their gates from the trainer's ``flywheel.trainer.status`` task (Celery, by name, as
+their gates from the trainer's ``flywheel.trainer.status`` task and the canary's (or the
+rollback watch's) last look from ``flywheel.trainer.watch_report`` (Celery, by name, as
 ``flywheel train status`` asks). A part whose service does not answer carries ``error`` in
 words instead, and the others still show. Answers are cached for a few seconds: a page left
 open polls, and the trainer's control worker should not answer every tab.
@@ -24,6 +25,7 @@ from services.common.service_auth import aio_service_channel
 from services.inference.gateway.settings import GatewaySettings
 
 _TRAINER_STATUS_TASK = "flywheel.trainer.status"
+_TRAINER_WATCH_TASK = "flywheel.trainer.watch_report"
 
 # Per stage of a run, the measurements the page shows (the CLI's `train status` shows more).
 _STAGE_FIELDS = {
@@ -37,7 +39,7 @@ _STAGE_FIELDS = {
         "win_rate_ci90",
         "kl",
     ),
-    "promote": ("version",),
+    "promote": ("version", "canary_share"),
 }
 
 
@@ -122,6 +124,8 @@ class FlywheelStatus:
         info = (await self._engine.get("/info")).raise_for_status().json()
         return {
             "model_version": info.get("model_version"),
+            "canary_version": info.get("canary_version"),
+            "canary_share": info.get("canary_share", 0.0),
             "device": info.get("model_device_type"),
             "dtype": info.get("model_dtype"),
         }
@@ -142,24 +146,29 @@ class FlywheelStatus:
         }
 
     async def _runs(self) -> dict[str, Any]:
-        def ask() -> list[dict[str, Any]]:
-            reply = self._celery.send_task(
-                _TRAINER_STATUS_TASK,
-                kwargs={"limit": self._settings.status_runs},
-                queue=self._settings.trainer_control_queue,
-                # Unanswered questions must not pile up for a trainer that is down: one that
-                # starts later drops them instead of answering pages long gone.
-                expires=self._timeout_s,
-            )
-            try:
-                return reply.get(timeout=self._timeout_s)
-            except CeleryTimeout:
-                raise TimeoutError from None
-            finally:
-                reply.forget()
+        runs, watch = await asyncio.gather(
+            asyncio.to_thread(
+                self._ask, _TRAINER_STATUS_TASK, {"limit": self._settings.status_runs}
+            ),
+            asyncio.to_thread(self._ask, _TRAINER_WATCH_TASK, {}),
+        )
+        return {"runs": [run_summary(run) for run in runs], "watch": watch}
 
-        runs = await asyncio.to_thread(ask)
-        return {"runs": [run_summary(run) for run in runs]}
+    def _ask(self, task: str, kwargs: dict[str, Any]) -> Any:
+        reply = self._celery.send_task(
+            task,
+            kwargs=kwargs,
+            queue=self._settings.trainer_control_queue,
+            # Unanswered questions must not pile up for a trainer that is down: one that
+            # starts later drops them instead of answering pages long gone.
+            expires=self._timeout_s,
+        )
+        try:
+            return reply.get(timeout=self._timeout_s)
+        except CeleryTimeout:
+            raise TimeoutError from None
+        finally:
+            reply.forget()
 
 
 def _words(error: BaseException) -> str:

@@ -13,19 +13,22 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.common.api_keys import ApiKeyStore
+from services.common.redis_names import TRAINER_WATCH_REPORT
 from services.inference.gateway.server import GatewayServer
 from services.inference.gateway.settings import GatewaySettings
 from services.inference.gateway.web import add_chat_page
 from services.trainer.store.runs import RunStore
+from services.trainer.watch import WatchReport
 from tests.conftest import REPO
 from tests.harness import FeedbackService, free_port, wait_for
 from tests.stack_fixtures import gateway_settings
@@ -293,14 +296,17 @@ def record_runs(store: RunStore) -> None:
         run, _ = store.create_run("120 new pairs")
         store.claim(run.id, fence)
         for name, outputs in (
-            ("rm_gate", {"heldout_accuracy": accuracy, "promoted_accuracy": 0.6}),
+            (
+                "rm_gate",
+                {"heldout_accuracy": accuracy, "accuracy_lower_bound": accuracy - 0.08},
+            ),
             (
                 "policy_gate",
                 {"win_rate": win_rate, "win_rate_ci90": [win_rate - 0.1, 0.8]}
                 # The newer run records the bound it decided on; the older one the rate only.
                 | (bounds if version else {}),
             ),
-            ("promote", {"version": version}),
+            ("promote", {"version": version, "canary_share": 0.2}),
         ):
             if name == "promote" and version is None:
                 break
@@ -318,6 +324,23 @@ def test_status_view_shows_the_trainers_runs_and_gate_results(
     store = RunStore(f"sqlite:///{data_dir / 'trainer.sqlite3'}")
     record_runs(store)
     store.close()
+    # The watch's last look at the canary v1, as the control worker's beat-driven watch
+    # publishes it (services/trainer/watch.py).
+    look = WatchReport(
+        "canary",
+        "wait",
+        "undecided",
+        "2026-12-08T10:00:00+00:00",
+        version="v1",
+        against="v0",
+        share=0.2,
+        waited_s=600,
+        max_wait_s=86400,
+        votes=(12, 50),
+        version_interval=(0.3, 0.9),
+        against_interval=(0.45, 0.75),
+    )
+    redis.Redis.from_url(gateway_redis_url).set(TRAINER_WATCH_REPORT, json.dumps(asdict(look)))
     env = trainer_env(data_dir, gateway_redis_url, policy_store.root, page_stack.feedback.target)
     control = TrainerProcess(["worker", "control"], env, tmp_path / "control.log").start()
     try:
@@ -337,12 +360,16 @@ def test_status_view_shows_the_trainers_runs_and_gate_results(
         playwright_api.expect(rows).to_have_count(3, timeout=ANSWER_TIMEOUT_MS)
         # Newest first: the promoted run, then the rejected one with its reason.
         playwright_api.expect(rows.nth(1)).to_contain_text("succeeded")
-        playwright_api.expect(rows.nth(1)).to_contain_text("0.74")
+        playwright_api.expect(rows.nth(1)).to_contain_text("0.74 (bound 0.66)")
         playwright_api.expect(rows.nth(1)).to_contain_text("62% (95% bound 55%, must be above 50%)")
         playwright_api.expect(rows.nth(1)).to_contain_text("v1")
         playwright_api.expect(rows.nth(2)).to_contain_text("rejected")
         playwright_api.expect(rows.nth(2)).to_contain_text("win rate 0.41 < 0.5")
         playwright_api.expect(rows.nth(2)).to_contain_text("41%")
+        watch = page.locator("#watch")
+        playwright_api.expect(watch).to_contain_text("Canary v1 on 20% of the keys for 600 of")
+        playwright_api.expect(watch).to_contain_text("[30%, 90%] (12 votes) vs [45%, 75%]")
+        playwright_api.expect(watch).to_contain_text("Decision: wait")
         screenshot(page, "8-status-runs")
     finally:
         control.stop()

@@ -453,13 +453,42 @@ function winRate(run) {
   return `${percent(rate)} (${level} bound ${percent(lower)}${needs})`;
 }
 
+// The RM gate's accuracy with the lower bound it decided on (older runs: the accuracy only).
+function rmAccuracy(run) {
+  const accuracy = stageValue(run, "rm_gate", "heldout_accuracy");
+  const lower = stageValue(run, "rm_gate", "accuracy_lower_bound");
+  return lower == null ? number(accuracy) : `${number(accuracy)} (bound ${number(lower)})`;
+}
+
+const interval = (pair) => (pair ? `[${percent(pair[0])}, ${percent(pair[1])}]` : "–");
+
+// The watch's last look: a canary (or a newly promoted policy) against the version it is
+// compared with, on their always-valid thumbs-up intervals, and what it decided.
+function watchText(watch) {
+  if (!watch) return "The watch has not looked yet.";
+  if (watch.kind === "idle") return `Nothing to watch: ${watch.reason}.`;
+  const [votes, otherVotes] = watch.votes;
+  const head =
+    watch.kind === "canary"
+      ? `Canary ${watch.version} on ${percent(watch.share)} of the keys for ` +
+        `${Math.round(watch.waited_s)} of ${Math.round(watch.max_wait_s)} s, against ${watch.against}`
+      : `Promoted ${watch.version} against its parent ${watch.against}`;
+  return (
+    `${head}: thumbs up ${interval(watch.version_interval)} (${votes} votes) vs ` +
+    `${interval(watch.against_interval)} (${otherVotes} votes). Decision: ${watch.decision}.`
+  );
+}
+
 function renderStatus(status) {
   const unavailable = (part) => element("p", { class: "error" }, `Unavailable: ${part.error}`);
   const serving = status.serving;
   $("#serving").replaceChildren(
     serving.error
       ? unavailable(serving)
-      : `Model ${serving.model_version || "(none loaded)"} on ${serving.device} (${serving.dtype})`,
+      : `Model ${serving.model_version || "(none loaded)"} on ${serving.device} (${serving.dtype})` +
+          (serving.canary_version
+            ? `; canary ${serving.canary_version} answers ${percent(serving.canary_share)} of the keys`
+            : ""),
   );
   const feedback = status.feedback;
   $("#thumbs").replaceChildren(
@@ -473,19 +502,21 @@ function renderStatus(status) {
         : element("p", {}, "No thumbs yet."),
   );
   const trainer = status.trainer;
+  $("#watch").replaceChildren(trainer.error ? unavailable(trainer) : watchText(trainer.watch));
   $("#runs").replaceChildren(
     trainer.error
       ? unavailable(trainer)
       : trainer.runs.length
         ? table(
-            ["Run", "Outcome", "Started", "RM accuracy", "Win rate vs served", "Promoted", "Reason"],
+            ["Run", "Outcome", "Started", "RM accuracy", "Win rate vs served", "Promoted", "Canary share", "Reason"],
             trainer.runs.map((run) => [
               run.id,
               run.status,
               run.created_at ? new Date(run.created_at).toLocaleString() : null,
-              number(stageValue(run, "rm_gate", "heldout_accuracy")),
+              rmAccuracy(run),
               winRate(run),
               stageValue(run, "promote", "version"),
+              percent(stageValue(run, "promote", "canary_share")),
               run.reason || null,
             ]),
           )
