@@ -422,6 +422,24 @@ def test_gpu_values_schedule_the_engine_on_a_gpu_with_shm_and_a_long_startup():
     assert queue["pods"]["metric"]["name"] == "tgi_queue_size"
     settings = release.find("Secret", "flywheel-trainer-env")["stringData"]
     assert settings["FLYWHEEL_TRAINER_EXECUTOR"] == "kubernetes"
+    assert "FLYWHEEL_TRAINER_CANARY_SHARE" not in settings  # the built-in engine: the default
+
+
+@pytest.mark.parametrize("backend", ["vllm", "tgi"])
+def test_with_vllm_or_tgi_a_new_policy_is_promoted_without_a_canary(backend):
+    """They serve the promoted policy only, so a canary would get no traffic and be promoted
+    at its longest wait on no evidence; an operator's own canary_share still wins."""
+    release = render({"engine": {"backend": backend, "gpu": {"enabled": True}}})
+    settings = release.find("Secret", "flywheel-trainer-env")["stringData"]
+    assert settings["FLYWHEEL_TRAINER_CANARY_SHARE"] == "0"
+    chosen = render(
+        {
+            "engine": {"backend": backend, "gpu": {"enabled": True}},
+            "trainer": {"settings": {"canary_share": 0.1}},
+        }
+    )
+    settings = chosen.find("Secret", "flywheel-trainer-env")["stringData"]
+    assert settings["FLYWHEEL_TRAINER_CANARY_SHARE"] == "0.1"
 
 
 @pytest.mark.parametrize("backend", ["vllm", "tgi"])

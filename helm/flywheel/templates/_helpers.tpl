@@ -357,6 +357,10 @@ FLYWHEEL_TRAINER_K8S_ACTIVE_DEADLINE_S: {{ $t.kubernetes.activeDeadlineSeconds |
 FLYWHEEL_TRAINER_K8S_TTL_AFTER_FINISHED_S: {{ $t.kubernetes.ttlSecondsAfterFinished | int64 | quote }}
 FLYWHEEL_TRAINER_K8S_STOP_GRACE_S: {{ $t.kubernetes.stopGraceSeconds | quote }}
 {{- end }}
+{{- if and (ne .Values.engine.backend "builtin") (not (hasKey $t.settings "canary_share")) }}
+{{- /* vLLM and TGI serve the promoted policy only: no canary share (docs/deploy.md). */}}
+FLYWHEEL_TRAINER_CANARY_SHARE: "0"
+{{- end }}
 {{- range (include "flywheel.settingsEnv" (list "FLYWHEEL_TRAINER_" $t.settings) | fromYamlArray) }}
 {{ .name }}: {{ .value | quote }}
 {{- end }}
