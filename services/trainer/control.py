@@ -125,7 +125,7 @@ class Trainer:
             )
 
             return KubernetesExecutor(KubernetesExecutorSettings())
-        return LocalExecutor(time_limit_s=self.settings.stage_time_limit_s)
+        return LocalExecutor()
 
     # ---- helpers ------------------------------------------------------------------------
 

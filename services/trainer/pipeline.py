@@ -42,7 +42,12 @@ metrics.create_run_series(STAGES)
 
 
 class StageCrashed(Exception):
-    pass
+    """The stage's process failed: retried from its checkpoints."""
+
+
+class StageTimedOut(Exception):
+    """The stage ran past STAGE_TIME_LIMIT_S: the run fails, not retried (a retry would get
+    the same time again)."""
 
 
 class Stopped(Exception):
@@ -120,6 +125,10 @@ class RunDriver:
             except Stopped:
                 self.store.finish_stage(run.id, fence, stage, "cancelled", reason="stopped")
                 raise
+            except StageTimedOut as exc:
+                self.store.finish_stage(run.id, fence, stage, "failed", reason=str(exc))
+                metrics.STAGE_SECONDS.labels(stage, "failed").observe(time.monotonic() - started)
+                return StageResult("failed", {}, str(exc))
             except Exception as exc:  # a crash: retried from the stage's checkpoints
                 reason = f"attempt {attempt}: {exc}"
                 log.exception("%s: stage %s crashed (attempt %d)", run.id, stage, attempt)
@@ -152,8 +161,14 @@ class RunDriver:
             stage,
             ["python", "-m", "services.trainer.stage_main", str(ctx.work_dir)],
             ctx.work_dir,
+            time_limit_s=self.settings.stage_time_limit_s,
         )
         outcome = self.executor.run(job, self._should_stop(run.id, lease))
+        if outcome.timed_out:
+            raise StageTimedOut(
+                f"ran past the stage time limit ({self.settings.stage_time_limit_s:g} s, "
+                f"STAGE_TIME_LIMIT_S): {outcome.log_tail[-500:]}"
+            )
         if outcome.stopped:
             raise Stopped(outcome.log_tail[-500:])
         if not outcome.succeeded:

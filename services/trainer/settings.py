@@ -180,7 +180,10 @@ class TrainerSettings(ServiceSettings):
     )
     heartbeat_s: float = Field(10.0, gt=0, description="How often a run renews its lease.")
     stage_time_limit_s: float = Field(
-        6 * 3600.0, gt=0, description="Longest a stage may run before it is stopped."
+        6 * 3600.0,
+        gt=0,
+        description="Longest a heavy stage may run, with either executor (a Job's "
+        "activeDeadlineSeconds); past it the stage is stopped and the run fails, not retried.",
     )
     stage_retries: int = Field(
         2,

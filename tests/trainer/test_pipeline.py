@@ -199,3 +199,20 @@ def test_a_cancelled_run_stops_its_stage_and_promotes_nothing(
     assert run.stages["ppo"].status == "cancelled"
     assert model_store.promoted("policy").version == "v0"
     assert len(model_store.versions("policy")) == 1  # PPO never registered a candidate
+
+
+def test_a_stage_past_its_time_limit_fails_the_run_without_a_retry(
+    feedback, settings, model_store, monkeypatch
+):
+    """One limit, one outcome, whichever executor (the Kubernetes one sets it as the Job's
+    activeDeadlineSeconds: tests/trainer/executors/test_kubernetes.py)."""
+    # Less than a stage's start-up alone.
+    trainer, run_id = start_run(feedback, settings, monkeypatch, stage_time_limit_s=0.5)
+
+    outcome = trainer.drive(run_id)
+
+    assert outcome.startswith("failed at reward_model: ran past the stage time limit (0.5 s")
+    run = trainer.store.get(run_id)
+    assert run.status == "failed"
+    assert run.stages["reward_model"].attempts == 1  # not retried
+    assert model_store.promoted("policy").version == "v0"

@@ -332,6 +332,7 @@ FLYWHEEL_MODEL_STORE: {{ printf "%s/models" .Values.persistence.mountPath | quot
 FLYWHEEL_LOG_LEVEL: {{ .Values.logLevel | quote }}
 FLYWHEEL_LOG_FORMAT: {{ .Values.logFormat | quote }}
 FLYWHEEL_TRAINER_EXECUTOR: {{ $t.executor | quote }}
+FLYWHEEL_TRAINER_STAGE_TIME_LIMIT_S: {{ $t.stageTimeLimitSeconds | int64 | quote }}
 FLYWHEEL_TRAINER_METRICS_HOST: "0.0.0.0"
 FLYWHEEL_TRAINER_CONTROL_METRICS_PORT: "9053"
 FLYWHEEL_TRAINER_TRAIN_METRICS_PORT: "9054"
@@ -353,7 +354,6 @@ FLYWHEEL_TRAINER_K8S_TOLERATIONS: {{ $t.kubernetes.tolerations | toJson | quote 
 FLYWHEEL_TRAINER_K8S_MODEL_STORE_CLAIM: {{ include "flywheel.modelStoreClaim" . | quote }}
 FLYWHEEL_TRAINER_K8S_MODEL_STORE_MOUNT: {{ .Values.persistence.mountPath | quote }}
 FLYWHEEL_TRAINER_K8S_ENV_FROM_SECRET: {{ (include "flywheel.componentName" (list . "trainer-env")) | quote }}
-FLYWHEEL_TRAINER_K8S_ACTIVE_DEADLINE_S: {{ $t.kubernetes.activeDeadlineSeconds | int64 | quote }}
 FLYWHEEL_TRAINER_K8S_TTL_AFTER_FINISHED_S: {{ $t.kubernetes.ttlSecondsAfterFinished | int64 | quote }}
 FLYWHEEL_TRAINER_K8S_STOP_GRACE_S: {{ $t.kubernetes.stopGraceSeconds | quote }}
 {{- end }}

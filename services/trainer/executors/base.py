@@ -24,6 +24,9 @@ class StageJob:
     # Where the stage keeps its checkpoints and writes result.json.
     work_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    # The longest the stage may run (STAGE_TIME_LIMIT_S); None: no limit. Both executors
+    # enforce it and report ``timed_out``.
+    time_limit_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,12 @@ class StageExit:
     log_tail: str = ""
     # True when the executor stopped the stage because should_stop() said so.
     stopped: bool = False
+    # True when the stage ran past job.time_limit_s and was stopped for it.
+    timed_out: bool = False
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0 and not self.stopped
+        return self.exit_code == 0 and not self.stopped and not self.timed_out
 
 
 class Executor(Protocol):

@@ -146,9 +146,6 @@ class KubernetesExecutorSettings(BaseSettings):
         description="Secret whose keys become environment variables of the stage; empty: none. "
         "The stage's own variables (job.env) win over the Secret's.",
     )
-    active_deadline_s: int = Field(
-        6 * 3600, ge=1, description="activeDeadlineSeconds: the longest a stage Job may run."
-    )
     ttl_after_finished_s: int = Field(
         3600, ge=0, description="ttlSecondsAfterFinished: finished Jobs are deleted after this."
     )
@@ -291,7 +288,10 @@ def build_job(job: StageJob, settings: KubernetesExecutorSettings) -> V1Job:
         ),
         spec=V1JobSpec(
             backoff_limit=BACKOFF_LIMIT,
-            active_deadline_seconds=settings.active_deadline_s,
+            # The stage's time limit (STAGE_TIME_LIMIT_S), enforced by Kubernetes itself.
+            active_deadline_seconds=(
+                math.ceil(job.time_limit_s) if job.time_limit_s is not None else None
+            ),
             ttl_seconds_after_finished=settings.ttl_after_finished_s,
             template=V1PodTemplateSpec(
                 metadata=V1ObjectMeta(labels=labels, annotations=annotations),
@@ -592,7 +592,8 @@ class KubernetesExecutor:
         log.info(
             "Job %s/%s ended: %s, exit code %d", self.namespace, name, condition.type, exit_code
         )
-        return StageExit(exit_code=exit_code, log_tail=log_tail)
+        timed_out = not succeeded and condition.reason == "DeadlineExceeded"
+        return StageExit(exit_code=exit_code, log_tail=log_tail, timed_out=timed_out)
 
     def _failure_note(self, name: str, condition: V1JobCondition, termination_reason: str) -> str:
         note = f"[kubernetes] Job {self.namespace}/{name} failed: {condition.reason or 'unknown'}"

@@ -37,12 +37,10 @@ class LocalExecutor:
         self,
         poll_s: float = 1.0,
         stop_grace_s: float = 30.0,
-        time_limit_s: float | None = None,
         log_tail_lines: int = 50,
     ) -> None:
         self.poll_s = poll_s
         self.stop_grace_s = stop_grace_s
-        self.time_limit_s = time_limit_s
         self.log_tail_lines = log_tail_lines
 
     def run(self, job: StageJob, should_stop: Callable[[], bool]) -> StageExit:
@@ -62,18 +60,19 @@ class LocalExecutor:
         reader = Thread(target=self._pump, args=(child, tail, job.stage), daemon=True)
         reader.start()
         started = time.monotonic()
-        stopped = False
+        stopped = timed_out = False
+        limit = job.time_limit_s
         while child.poll() is None:
-            over_time = self.time_limit_s and time.monotonic() - started > self.time_limit_s
-            if should_stop() or over_time:
-                if over_time:
-                    tail.append(f"stopped: over the time limit of {self.time_limit_s} s")
+            timed_out = limit is not None and time.monotonic() - started > limit
+            stopped = not timed_out and should_stop()
+            if timed_out or stopped:
+                if timed_out:
+                    tail.append(f"stopped: over the time limit of {limit:g} s")
                 self._stop(child)
-                stopped = True
                 break
             time.sleep(self.poll_s)
         reader.join(5)
-        return StageExit(child.returncode, "".join(tail)[-8000:], stopped)
+        return StageExit(child.returncode, "".join(tail)[-8000:], stopped, timed_out)
 
     def _stop(self, child: subprocess.Popen) -> None:
         child.send_signal(signal.SIGTERM)

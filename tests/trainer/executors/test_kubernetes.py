@@ -54,6 +54,7 @@ def stage_job(run_id: str = "run_20250101120000_abcd1234", stage: str = "ppo") -
         command=["python", "-m", "services.trainer.stages", stage, "--run", run_id],
         work_dir=Path(f"/data/runs/{run_id}/{stage}"),
         env={"FLYWHEEL_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"},
+        time_limit_s=3600.5,
     )
 
 
@@ -136,7 +137,7 @@ def test_manifest_runs_the_command_once_on_the_model_store():
     # Kubernetes never retries: the trainer does, from the checkpoint.
     assert spec["backoffLimit"] == 0
     assert pod["restartPolicy"] == "Never"
-    assert spec["activeDeadlineSeconds"] == 6 * 3600
+    assert spec["activeDeadlineSeconds"] == 3601  # the stage's time limit, rounded up
     assert spec["ttlSecondsAfterFinished"] == 3600
     assert container["command"] == job.command
     assert container["image"] == "flywheel:latest"
@@ -254,7 +255,7 @@ def test_deadline_exceeded_without_a_pod_reports_exit_1_and_the_reason(fake_api,
 
     result = executor.run(stage_job(), never)
 
-    assert result.exit_code == 1 and not result.stopped
+    assert result.exit_code == 1 and not result.stopped and result.timed_out
     assert "the Job has no pod" in result.log_tail
     assert "DeadlineExceeded: Job was active longer than specified deadline" in result.log_tail
     assert fake_api.requests_matching("GET", "/log$") == []

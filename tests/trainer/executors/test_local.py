@@ -4,6 +4,7 @@ SIGKILL), the time limit, and a stage that dies with the worker that started it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -146,10 +147,11 @@ def test_a_stage_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path)
 
 def test_the_time_limit_stops_a_long_stage_and_says_so(tmp_path):
     job = python_job(tmp_path / "w", "import time; print('training', flush=True); time.sleep(60)")
+    job = dataclasses.replace(job, time_limit_s=0.5)
     started = time.monotonic()
-    outcome = LocalExecutor(poll_s=0.05, stop_grace_s=5, time_limit_s=0.5).run(job, lambda: False)
+    outcome = LocalExecutor(poll_s=0.05, stop_grace_s=5).run(job, lambda: False)
     assert 0.5 <= time.monotonic() - started < 5
-    assert outcome.stopped is True and not outcome.succeeded
+    assert outcome.timed_out is True and outcome.stopped is False and not outcome.succeeded
     assert "training" in outcome.log_tail
     assert "stopped: over the time limit of 0.5 s" in outcome.log_tail
 
