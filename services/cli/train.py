@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from services.common.training_runs import RunSummary
 from services.trainer.settings import TrainerSettings
 
 _REPLY_TIMEOUT_S = 30.0
@@ -77,24 +78,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# The measurements worth a glance per stage (all of them are in --json).
-_SHOWN = {
-    "snapshot": ("groups", "heldout_groups", "pairs"),
-    "reward_model": ("version", "heldout_accuracy"),
-    "judge_model": ("version", "heldout_accuracy"),
-    "rm_gate": ("heldout_accuracy", "accuracy_lower_bound", "gain_lower_bound", "promoted"),
-    "ppo": ("version", "objective/kl", "objective/scores"),
-    "policy_gate": (
-        "win_rate",
-        "win_rate_lower_bound",
-        "win_rate_ci90",
-        "kl",
-        "tax_perplexity_ratio",
-    ),
-    "promote": ("version", "canary_share"),
-}
-
-
 def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
@@ -132,19 +115,15 @@ def render(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no runs yet"
     lines = []
-    for run in runs:
-        lines.append(f"{run['id']}  {run['status']}  (trigger: {run['trigger']})")
-        if run["reason"]:
-            lines.append(f"  reason: {run['reason']}")
-        for stage in run["stages"]:
-            took = f"{stage['seconds']:.1f}s" if stage["seconds"] is not None else "-"
-            shown = " ".join(
-                f"{k}={_value(stage['outputs'][k])}"
-                for k in _SHOWN.get(stage["name"], ())
-                if stage["outputs"].get(k) is not None
-            )
-            retried = f" x{stage['attempts']}" if stage["attempts"] > 1 else ""
-            lines.append(f"  {stage['name']:<12} {stage['status']:<9}{retried} {took:>8}  {shown}")
-            if stage["reason"]:
-                lines.append(f"  {'':<12} {stage['reason']}")
+    for run in map(RunSummary.from_json, runs):
+        lines.append(f"{run.id}  {run.status}  (trigger: {run.trigger})")
+        if run.reason:
+            lines.append(f"  reason: {run.reason}")
+        for stage in run.stages:
+            took = f"{stage.seconds:.1f}s" if stage.seconds is not None else "-"
+            shown = " ".join(f"{k}={_value(v)}" for k, v in stage.shown().items())
+            retried = f" x{stage.attempts}" if stage.attempts > 1 else ""
+            lines.append(f"  {stage.name:<12} {stage.status:<9}{retried} {took:>8}  {shown}")
+            if stage.reason:
+                lines.append(f"  {'':<12} {stage.reason}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from services.common.model_loading import load_causal_lm
 from services.common.registry import ModelRegistry
+from services.common.training_runs import RunSummary
 from services.rlhf.evaluation import perplexity
 from services.simulator.ablation import alignment_tax
 from services.simulator.ablation import table as ablation_table
@@ -121,23 +122,22 @@ class Demo:
         preference = judged_preference(
             self.judges, self.eval_prompts, answers, baseline, seed=s.seed + number
         )
-        stages = {st["name"]: st for st in run["stages"]}
-        gate = stages.get("policy_gate", {}).get("outputs", {})
+        summary = RunSummary.from_json(run)
         row = RoundResult(
             round=number,
             comparisons=self._pairs_trained_on(),
-            run_status=run["status"],
-            gates="passed" if run["status"] == "succeeded" else run["reason"][:120],
+            run_status=summary.status,
+            gates="passed" if summary.status == "succeeded" else summary.reason[:120],
             serving=serving,
-            rm_accuracy=stages.get("reward_model", {}).get("outputs", {}).get("heldout_accuracy"),
+            rm_accuracy=summary.output("reward_model", "heldout_accuracy"),
             win_rate=preference.rate,
             win_low=preference.low,
             win_high=preference.high,
-            kl_to_v0=gate.get("kl"),
+            kl_to_v0=summary.output("policy_gate", "kl"),
             perplexity_change=self._perplexity_change(serving),
             stage_seconds={"traffic": traffic_s}
-            | {k: v["seconds"] or 0.0 for k, v in stages.items()},
-            ppo_history=stages.get("ppo", {}).get("outputs", {}).get("history", []),
+            | {st.name: st.seconds or 0.0 for st in summary.stages},
+            ppo_history=summary.output("ppo", "history") or [],
         )
         self.rows.append(row)
         print(f"{row.line()}  [{time.monotonic() - started:.0f} s]", flush=True)
@@ -188,10 +188,9 @@ class Demo:
         """Comparison pairs in the snapshots of the runs that succeeded (each run trains on
         what arrived since the last successful one)."""
         total = 0
-        for run in self.stack.runs(limit=100):
-            if run["status"] == "succeeded":
-                snapshot = next(st for st in run["stages"] if st["name"] == "snapshot")
-                total += snapshot["outputs"].get("pairs", 0)
+        for run in map(RunSummary.from_json, self.stack.runs(limit=100)):
+            if run.status == "succeeded":
+                total += run.output("snapshot", "pairs") or 0
         return total
 
     def _wait_for_run(self, before: set[str], number: int) -> dict:
@@ -200,7 +199,7 @@ class Demo:
         with tqdm(desc=f"round {number}: training", unit="s", bar_format="{desc} {elapsed}") as bar:
             while time.monotonic() < deadline:
                 new = [r for r in self.stack.runs() if r["id"] not in before]
-                if new and new[-1]["status"] not in ("pending", "running"):
+                if new and not RunSummary.from_json(new[-1]).active:
                     return new[-1]
                 time.sleep(_TRAINING_POLL_S)
                 bar.update(_TRAINING_POLL_S)
@@ -307,7 +306,7 @@ class Demo:
 def _waits_for_comparisons(run: dict) -> bool:
     """The run stopped at its snapshot, which the trainer does while too few comparisons (or
     held-out groups) have arrived; it starts again once more have."""
-    return run["status"] == "rejected" and (run["reason"] or "").startswith("snapshot:")
+    return RunSummary.from_json(run).waiting_for_data
 
 
 def _agreement_section(agreed: PanelAgreement) -> str:

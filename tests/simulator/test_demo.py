@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.common.registry import ModelRegistry
+from services.common.training_runs import RunSummary
 from services.simulator import demo
 from tests.harness import STACK_PORT_VARIABLES, free_ports, redis_db_url
 
@@ -67,7 +68,9 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
 
 
 def test_a_run_stopped_at_its_snapshot_gets_more_traffic_any_other_ending_does_not():
-    waiting = {"status": "rejected", "reason": "snapshot: 2 held-out groups < 3: too few"}
-    assert demo._waits_for_comparisons(waiting)
-    assert not demo._waits_for_comparisons({"status": "rejected", "reason": "rm_gate: 0.4"})
-    assert not demo._waits_for_comparisons({"status": "succeeded", "reason": None})
+    def run(status: str, reason: str) -> dict:  # as `flywheel.trainer.status` answers
+        return RunSummary("run_1", status, "120 new pairs", reason, None, None, False).to_json()
+
+    assert demo._waits_for_comparisons(run("waiting", "snapshot: 2 held-out groups < 3"))
+    assert not demo._waits_for_comparisons(run("rejected", "rm_gate: 0.4"))
+    assert not demo._waits_for_comparisons(run("succeeded", ""))

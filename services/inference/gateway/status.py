@@ -22,48 +22,27 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.service_auth import aio_service_channel
+from services.common.training_runs import RunSummary
 from services.inference.gateway.settings import GatewaySettings
 
 _TRAINER_STATUS_TASK = "flywheel.trainer.status"
 _TRAINER_WATCH_TASK = "flywheel.trainer.watch_report"
 
-# Per stage of a run, the measurements the page shows (the CLI's `train status` shows more).
-_STAGE_FIELDS = {
-    "snapshot": ("pairs",),
-    "rm_gate": ("heldout_accuracy", "accuracy_lower_bound", "promoted_accuracy"),
-    "policy_gate": (
-        "win_rate",
-        "win_rate_lower_bound",
-        "alpha",
-        "threshold",
-        "win_rate_ci90",
-        "kl",
-    ),
-    "promote": ("version", "canary_share"),
-}
 
-
-def run_summary(run: dict[str, Any]) -> dict[str, Any]:
-    """One trainer run as the page shows it: its outcome, stages and gate numbers."""
+def run_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """One trainer run as the page shows it: its outcome, stages and their measurements worth
+    a glance (services/common/training_runs.py says which)."""
+    run = RunSummary.from_json(data)
     return {
-        "id": run["id"],
-        "status": run["status"],
-        "trigger": run["trigger"],
-        "reason": run["reason"],
-        "created_at": run.get("created_at"),
-        "finished_at": run.get("finished_at"),
+        "id": run.id,
+        "status": run.status,
+        "trigger": run.trigger,
+        "reason": run.reason,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
         "stages": [
-            {
-                "name": stage["name"],
-                "status": stage["status"],
-                "seconds": stage["seconds"],
-                **{
-                    key: stage["outputs"][key]
-                    for key in _STAGE_FIELDS.get(stage["name"], ())
-                    if stage["outputs"].get(key) is not None
-                },
-            }
-            for stage in run["stages"]
+            {"name": s.name, "status": s.status, "seconds": s.seconds, **s.shown()}
+            for s in run.stages
         ],
     }
 
