@@ -30,7 +30,7 @@ def make_app(settings: TrainerSettings) -> Celery:
         result_backend=settings.resolved_broker_url,
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.control_queue,
-        task_routes={"flywheel.trainer.run": {"queue": settings.train_queue}},
+        task_routes={"flywheel.trainer.drive": {"queue": settings.train_queue}},
         task_acks_late=False,
         worker_prefetch_multiplier=1,
         task_serializer="json",

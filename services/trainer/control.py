@@ -1,8 +1,6 @@
-"""What the trainer's Celery tasks do, as plain methods (tasks.py only calls them).
-
-The control side (checks, status, cancel, the reconciler and the watch) is cheap and
-imports no torch; the train side drives a run (pipeline.py), whose heavy stages run in
-processes of their own.
+"""What the trainer's control tasks do, as plain methods (tasks.py only calls them): checks,
+status, cancel, the reconciler and the watch. Cheap, and no torch. Driving a run is the
+train worker's, in pipeline.py.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ from services.common.generated.flywheel.v1 import feedback_pb2, feedback_pb2_grp
 from services.common.redis_names import TRAINER_FIRST_CHECK
 from services.common.registry import ModelRegistry
 from services.common.service_auth import service_channel
-from services.trainer.executors.base import Executor
-from services.trainer.executors.local import LocalExecutor
+from services.common.training_runs import RunSummary, StageSummary
 from services.trainer.lease import Lease
-from services.trainer.pipeline import RunDriver
 from services.trainer.settings import TrainerSettings
 from services.trainer.store.runs import Run, RunStore
 from services.trainer.trigger import decide
@@ -109,24 +105,6 @@ class Trainer:
         """The watch's last look, as the status views show it (None before its first)."""
         return self._watch().last_report()
 
-    # ---- train --------------------------------------------------------------------------
-
-    def drive(self, run_id: str, executor: Executor | None = None) -> str:
-        driver = RunDriver(self.settings, self.store, self.redis, executor or self._executor())
-        outcome = driver.drive(run_id)
-        log.info("%s: %s", run_id, outcome)
-        return outcome
-
-    def _executor(self) -> Executor:
-        if self.settings.executor == "kubernetes":
-            from services.trainer.executors.kubernetes import (
-                KubernetesExecutor,
-                KubernetesExecutorSettings,
-            )
-
-            return KubernetesExecutor(KubernetesExecutorSettings())
-        return LocalExecutor()
-
     # ---- helpers ------------------------------------------------------------------------
 
     def _watch(self) -> Watch:
@@ -155,28 +133,21 @@ class Trainer:
 
 
 def describe(run: Run) -> dict[str, Any]:
-    """A run as `flywheel train status` shows it (JSON-able)."""
+    """A run as `flywheel train status` and the chat page read it (JSON-able)."""
 
     def moment(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
-    return {
-        "id": run.id,
-        "status": run.status,
-        "trigger": run.trigger,
-        "reason": run.reason,
-        "created_at": moment(run.created_at),
-        "finished_at": moment(run.finished_at),
-        "cancel_requested": run.cancel_requested,
-        "stages": [
-            {
-                "name": s.name,
-                "status": s.status,
-                "attempts": s.attempts,
-                "seconds": s.seconds,
-                "reason": s.reason,
-                "outputs": s.outputs,
-            }
+    return RunSummary(
+        id=run.id,
+        status=run.status,
+        trigger=run.trigger,
+        reason=run.reason,
+        created_at=moment(run.created_at),
+        finished_at=moment(run.finished_at),
+        cancel_requested=run.cancel_requested,
+        stages=[
+            StageSummary(s.name, s.status, s.attempts, s.seconds, s.reason, s.outputs)
             for s in run.stages.values()
         ],
-    }
+    ).to_json()

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.registry import ROLES
+from services.common.training_runs import RUN_OUTCOMES
 from services.rlhf.metric_names import STANDARD_METRIC_NAMES
-
-RUN_OUTCOMES = ("succeeded", "rejected", "failed", "cancelled")
 
 RUNS = Counter(
     "flywheel_trainer_runs_total",
-    "Runs that ended, by the stage they ended at and how (succeeded, rejected, failed, cancelled).",
+    "Runs that ended, by the stage they ended at and how (succeeded, waiting for data, "
+    "rejected, failed, cancelled).",
     ["stage", "outcome"],
 )
 STAGE_SECONDS = Histogram(

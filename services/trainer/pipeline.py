@@ -1,11 +1,29 @@
-"""Driving one run through its stages, safely.
+"""Driving one run through its stages, safely; the whole flow in one place.
 
-A run is driven by whoever holds the lease (lease.py): it claims the run with the lease's
+The flow (docs/trainer.md):
+
+1. **Beat's check** (control.py, every CHECK_INTERVAL_S): enough new comparisons, or waited
+   long enough, and no run active and no canary deciding -> a run is created and its id is
+   sent to the train queue.
+2. **The run** (here, on the train worker): the stages of services/common/training_runs.py
+   in order, each done once: ``snapshot`` (too few comparisons: the run ends *waiting*),
+   ``reward_model``, ``judge_model``, ``rm_gate``, ``ppo``, ``policy_gate``, ``promote``.
+   The heavy ones run in their own process (stage_main.py, via an executor) and return a
+   verdict; every registry write a verdict calls for is made here (_apply_verdict,
+   _promote): the judge kept, the RM promoted at its gate (and left promoted if the policy
+   gate then says no: it passed its own gate) or rejected, the policy rejected at its gate.
+3. **The canary** (``promote``): the policy serves CANARY_SHARE of the API keys beside the
+   promoted one (promotion.py).
+4. **Beat's watch** (watch.py, every WATCH_INTERVAL_S): promotes the canary, rolls it back or
+   waits; after a full promotion it keeps comparing the policy with its parent and rolls it
+   back once shown worse.
+
+How a run is driven: whoever holds the lease (lease.py) claims the run with the lease's
 fencing token, renews both while it works, and walks the stages in order, skipping those
 already done (so a redelivered task, or a worker restarted after a crash, never redoes one).
 A crashed stage is retried up to ``stage_retries`` times, resuming from its checkpoints; a
-gate's "no" ends the run as rejected and nothing is promoted. Cancel requests and a lost
-lease stop the running stage within a poll.
+stage past STAGE_TIME_LIMIT_S fails the run; a gate's "no" ends the run as rejected (the
+candidate marked so). Cancel requests and a lost lease stop the running stage within a poll.
 """
 
 from __future__ import annotations
@@ -17,28 +35,20 @@ from collections.abc import Callable
 import redis
 
 from services.common.service_auth import service_channel
+from services.common.training_runs import STAGE_NAMES
 from services.rlhf.metric_names import STANDARD_METRIC_NAMES
 from services.trainer import metrics, snapshot
+from services.trainer.executors import executor_for
 from services.trainer.executors.base import Executor, StageJob
 from services.trainer.lease import Lease
-from services.trainer.promotion import promote, start_canary
+from services.trainer.promotion import promote, reject, start_canary
 from services.trainer.settings import TrainerSettings
 from services.trainer.stages.context import StageContext, StageResult
 from services.trainer.store.runs import LostFence, Run, RunStore
 
 log = logging.getLogger(__name__)
 
-STAGES = (
-    "snapshot",
-    "reward_model",
-    "judge_model",
-    "rm_gate",
-    "ppo",
-    "policy_gate",
-    "promote",
-)
-HEAVY = frozenset({"reward_model", "judge_model", "rm_gate", "ppo", "policy_gate"})
-metrics.create_run_series(STAGES)
+metrics.create_run_series(STAGE_NAMES)
 
 
 class StageCrashed(Exception):
@@ -67,8 +77,23 @@ class RunDriver:
         self.redis = redis_client
         self.executor = executor
 
+    @classmethod
+    def for_settings(cls, settings: TrainerSettings, executor: Executor | None = None) -> RunDriver:
+        """The driver the train worker uses: its run store, Redis and executor."""
+        return cls(
+            settings,
+            RunStore(settings.resolved_database_url),
+            redis.Redis.from_url(settings.redis_url),
+            executor or executor_for(settings),
+        )
+
     def drive(self, run_id: str) -> str:
         """Run (or resume) ``run_id`` to its end; what happened, in a few words."""
+        outcome = self._drive(run_id)
+        log.info("%s: %s", run_id, outcome)
+        return outcome
+
+    def _drive(self, run_id: str) -> str:
         lease = Lease(self.redis, self.settings.lease_ttl_s)
         if not lease.acquire():
             return f"busy: the lease is held by {lease.holder()}"
@@ -88,7 +113,7 @@ class RunDriver:
             lease.release()
 
     def _stages(self, run: Run, fence: int, lease: Lease) -> str:
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             record = run.stages.get(stage)
             if record is not None and record.status == "done":
                 continue
@@ -98,11 +123,11 @@ class RunDriver:
                 result = self._attempts(run, fence, stage, lease)
             except Stopped:
                 return self._stop(run.id, fence, stage, lease)
-            if result.status == "rejected":
-                self.store.finish_run(run.id, fence, "rejected", f"{stage}: {result.reason}")
-                metrics.RUNS.labels(stage, "rejected").inc()
-                log.warning("%s rejected at %s: %s", run.id, stage, result.reason)
-                return f"rejected at {stage}: {result.reason}"
+            if result.status in ("rejected", "waiting"):
+                self.store.finish_run(run.id, fence, result.status, f"{stage}: {result.reason}")
+                metrics.RUNS.labels(stage, result.status).inc()
+                log.warning("%s %s at %s: %s", run.id, result.status, stage, result.reason)
+                return f"{result.status} at {stage}: {result.reason}"
             if result.status != "done":
                 self.store.finish_run(run.id, fence, "failed", f"{stage}: {result.reason}")
                 metrics.RUNS.labels(stage, "failed").inc()
@@ -174,12 +199,26 @@ class RunDriver:
         if not outcome.succeeded:
             raise StageCrashed(f"exit {outcome.exit_code}: {outcome.log_tail[-1500:]}")
         result = StageResult.read(ctx.work_dir)
-        if stage == "judge_model" and result.status == "done":
-            self._keep_judge(ctx, result.outputs["version"])
-        if stage == "rm_gate" and result.status == "done":
-            # Promoted before PPO starts, so the reward service serves the RM PPO trains on.
-            promote(ctx.registry, self.settings.redis_url, "reward", result.outputs["promoted"])
+        self._apply_verdict(ctx, result)
         return result
+
+    def _apply_verdict(self, ctx: StageContext, result: StageResult) -> None:
+        """The registry writes a heavy stage's verdict calls for, all made here (a stage only
+        registers its candidate): keep the judge, promote or reject the RM at its gate,
+        reject the policy at its gate. The promote stage's canary is the last (_promote)."""
+        registry, redis_url = ctx.registry, self.settings.redis_url
+        match ctx.stage, result.status:
+            case "judge_model", "done":
+                self._keep_judge(ctx, result.outputs["version"])
+            case "rm_gate", "done":
+                # Promoted before PPO starts, so the reward service serves (best-of reranking)
+                # the RM PPO trains on. A later policy-gate "no" leaves it promoted: it passed
+                # its own gate, and the next RM continues from it and its data cursor.
+                promote(registry, redis_url, "reward", result.outputs["promoted"])
+            case "rm_gate", "rejected":
+                reject(registry, "reward", ctx.inputs["reward_model"]["version"], result.reason)
+            case "policy_gate", "rejected":
+                reject(registry, "policy", ctx.inputs["ppo"]["version"], result.reason)
 
     def _promote(self, ctx: StageContext) -> StageResult:
         """Put the policy that passed the gates in front of users: as a canary for a share of
@@ -214,10 +253,10 @@ class RunDriver:
         self.store.set_snapshot_until(ctx.run_id, fence, taken.until)
         outputs = taken.outputs()
         if taken.groups == 0:
-            return StageResult("rejected", outputs, "no comparisons to train on")
+            return StageResult("waiting", outputs, "no comparisons to train on")
         if taken.heldout_groups < self.settings.min_heldout_groups:
             return StageResult(
-                "rejected",
+                "waiting",
                 outputs,
                 f"{taken.heldout_groups} held-out groups < {self.settings.min_heldout_groups}: "
                 "too few to gate on; waiting for more comparisons",

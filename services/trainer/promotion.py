@@ -55,3 +55,11 @@ def end_canary(registry: ModelRegistry, redis_url: str, role: str, reason: str) 
     metrics.ROLLBACKS.labels(role).inc()
     log.warning("rolled the %s canary %s back: %s", role, canary.version, reason)
     return canary
+
+
+def reject(registry: ModelRegistry, role: str, version: str, reason: str) -> None:
+    """Mark a candidate a gate refused, so it is never promoted by accident (a retried
+    verdict finds it rejected already)."""
+    if registry.get(role, version).status == "candidate":
+        registry.reject(role, version, reason)
+        log.info("rejected %s/%s: %s", role, version, reason)

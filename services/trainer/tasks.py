@@ -1,4 +1,5 @@
-"""The trainer's Celery tasks: thin (ids in, retries declared); the work is in control.py."""
+"""The trainer's Celery tasks: thin (ids in, retries declared); the work is in control.py
+(the control queue) and pipeline.py (``drive``, the train queue)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import redis
 
 from services.trainer.celery_app import app, settings
 from services.trainer.control import Trainer
+from services.trainer.pipeline import RunDriver
 
 # Transient outages of the feedback service or Redis: retried with backoff, then given up
 # until the next beat tick.
@@ -18,12 +20,18 @@ _TRANSIENT = (grpc.RpcError, redis.ConnectionError)
 
 @functools.cache
 def trainer() -> Trainer:
-    """One per worker process (the run store's engine and Redis pool are reused)."""
+    """One per control worker process (the run store's engine and Redis pool are reused)."""
     return Trainer(settings)
 
 
-def enqueue_run(run_id: str) -> None:
-    drive_run.apply_async(args=[run_id], queue=settings.train_queue)
+@functools.cache
+def run_driver() -> RunDriver:
+    """One per train worker process."""
+    return RunDriver.for_settings(settings)
+
+
+def enqueue_drive(run_id: str) -> None:
+    drive.apply_async(args=[run_id], queue=settings.train_queue)
 
 
 @app.task(
@@ -33,17 +41,17 @@ def enqueue_run(run_id: str) -> None:
     max_retries=3,
 )
 def check(forced: bool = False) -> dict[str, Any]:
-    return trainer().check(enqueue_run, forced=forced)
+    return trainer().check(enqueue_drive, forced=forced)
 
 
-@app.task(name="flywheel.trainer.run", autoretry_for=(redis.ConnectionError,), max_retries=3)
-def drive_run(run_id: str) -> str:
-    return trainer().drive(run_id)
+@app.task(name="flywheel.trainer.drive", autoretry_for=(redis.ConnectionError,), max_retries=3)
+def drive(run_id: str) -> str:
+    return run_driver().drive(run_id)
 
 
 @app.task(name="flywheel.trainer.reconcile", autoretry_for=_TRANSIENT, max_retries=1)
 def reconcile() -> list[str]:
-    return trainer().reconcile(enqueue_run)
+    return trainer().reconcile(enqueue_drive)
 
 
 @app.task(name="flywheel.trainer.status")

@@ -65,7 +65,7 @@ class Deployment:
 
     def send(self, task: str, *args, **kwargs):
         """As the CLI sends: by name, to the control queue (the run task routes to train)."""
-        queue = "train" if task == "flywheel.trainer.run" else "control"
+        queue = "train" if task == "flywheel.trainer.drive" else "control"
         return self.client.send_task(task, args=args, kwargs=kwargs, queue=queue)
 
     def logs(self) -> str:
@@ -222,7 +222,7 @@ def test_comparisons_become_a_canary_which_is_rolled_back_when_users_dislike_it(
     assert f"flywheel_trainer_rm_heldout_accuracy {float(accuracy)!r}" in train_metrics
 
     # A redelivered (or duplicated) run message does nothing twice.
-    assert deployment.call("flywheel.trainer.run", run.id) == "nothing to do: the run is over"
+    assert deployment.call("flywheel.trainer.drive", run.id) == "nothing to do: the run is over"
     again = deployment.store.get(run.id)
     assert {s.name: s.attempts for s in again.stages.values()} == {
         s.name: s.attempts for s in run.stages.values()

@@ -12,13 +12,14 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.training_runs import RUN_OUTCOMES, STAGE_NAMES
 from services.rlhf.metric_names import STANDARD_METRIC_NAMES
 from services.trainer import pipeline
 from services.trainer.control import Trainer
 from services.trainer.settings import TrainerSettings
 from services.trainer.stages.context import StageResult
 from tests.harness import wait_for
-from tests.trainer.trainer_helpers import HELD_OUT_SAFE_RANKINGS, record_great_rankings
+from tests.trainer.trainer_helpers import HELD_OUT_SAFE_RANKINGS, drive, record_great_rankings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ def test_a_run_trains_gates_and_promotes_an_rm_and_a_policy(feedback, settings, 
     started = trainer.check(queued.append)
     assert started["started"] and queued == [started["run_id"]], started
 
-    assert trainer.drive(queued[0]) == "succeeded"
+    assert drive(trainer.settings, queued[0]) == "succeeded"
 
     run = trainer.store.get(queued[0])
     assert [s for s in run.stages] == [
@@ -116,8 +117,8 @@ def test_a_fresh_trainer_exports_zero_counts_and_no_quality_numbers():
     def value(metric: str, **labels: str) -> float | None:
         return samples.get((metric, frozenset(labels.items())))
 
-    for stage in pipeline.STAGES:
-        for outcome in ("succeeded", "rejected", "failed", "cancelled"):
+    for stage in STAGE_NAMES:
+        for outcome in RUN_OUTCOMES:
             assert value("flywheel_trainer_runs_total", stage=stage, outcome=outcome) == 0
     for role in ("policy", "reward"):
         assert value("flywheel_trainer_promotions_total", role=role) == 0
@@ -150,7 +151,7 @@ def test_the_rm_gate_rejects_a_reward_model_that_did_not_learn(
     # A learning rate too small to move the weights, and a gate that asks for real learning
     # (a working RM reaches 1.0 on these comparisons: the test above).
     trainer, run_id = start_run(feedback, settings, monkeypatch, rm_lr=1e-12, rm_first_margin=0.45)
-    outcome = trainer.drive(run_id)
+    outcome = drive(trainer.settings, run_id)
 
     run = trainer.store.get(run_id)
     assert run.status == "rejected" and outcome.startswith("rejected at rm_gate")
@@ -166,7 +167,7 @@ def test_the_policy_gate_rejects_a_policy_wrecked_by_training(
 ):
     # A destructive learning rate: the policy forgets language (the alignment tax explodes).
     trainer, run_id = start_run(feedback, settings, monkeypatch, ppo_policy_lr=1.0)
-    outcome = trainer.drive(run_id)
+    outcome = drive(trainer.settings, run_id)
 
     run = trainer.store.get(run_id)
     assert run.status == "rejected" and outcome.startswith("rejected at policy_gate"), outcome
@@ -183,7 +184,7 @@ def test_a_cancelled_run_stops_its_stage_and_promotes_nothing(
     # A PPO stage long enough to be cancelled while it runs.
     trainer, run_id = start_run(feedback, settings, monkeypatch, ppo_iterations=200)
     outcome: list[str] = []
-    driver = threading.Thread(target=lambda: outcome.append(trainer.drive(run_id)))
+    driver = threading.Thread(target=lambda: outcome.append(drive(trainer.settings, run_id)))
     driver.start()
     wait_for(
         lambda: trainer.store.get(run_id).stages.get("ppo") is not None,
@@ -209,10 +210,27 @@ def test_a_stage_past_its_time_limit_fails_the_run_without_a_retry(
     # Less than a stage's start-up alone.
     trainer, run_id = start_run(feedback, settings, monkeypatch, stage_time_limit_s=0.5)
 
-    outcome = trainer.drive(run_id)
+    outcome = drive(trainer.settings, run_id)
 
     assert outcome.startswith("failed at reward_model: ran past the stage time limit (0.5 s")
     run = trainer.store.get(run_id)
     assert run.status == "failed"
     assert run.stages["reward_model"].attempts == 1  # not retried
     assert model_store.promoted("policy").version == "v0"
+
+
+def test_a_run_with_too_few_held_out_groups_waits_for_more_data(feedback, settings, model_store):
+    """Waiting is no rejection: nothing was judged, and the trigger starts again once more
+    comparisons arrive."""
+    record_great_rankings(feedback.stub, feedback.http, 5)  # 1 held out, where 3 are needed
+    trainer = Trainer(settings)
+    queued: list[str] = []
+    assert trainer.check(queued.append, forced=True)["started"]
+
+    outcome = drive(trainer.settings, queued[0])
+
+    assert outcome.startswith("waiting at snapshot: ")
+    run = trainer.store.get(queued[0])
+    assert run.status == "waiting" and "too few to gate on" in run.reason
+    assert list(run.stages) == ["snapshot"]
+    assert "no new comparisons" in trainer.check(queued.append)["reason"]

@@ -11,7 +11,7 @@ import pytest
 from services.common.registry import ModelRegistry
 from services.trainer.control import Trainer
 from services.trainer.settings import TrainerSettings
-from tests.trainer.trainer_helpers import record_great_rankings
+from tests.trainer.trainer_helpers import drive, record_great_rankings
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_a_small_run_on_the_real_base_model(feedback, env, real_store, tmp_path,
     queued: list[str] = []
     assert trainer.check(queued.append)["started"]
 
-    outcome = trainer.drive(queued[0])
+    outcome = drive(trainer.settings, queued[0])
 
     from services.cli.train import render  # how `flywheel train status` prints it
 

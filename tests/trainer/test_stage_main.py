@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from services.common.training_runs import OWN_PROCESS_STAGES
 from services.rlhf.checkpoint import read_extra
-from services.trainer.stage_main import STOPPED_EXIT
+from services.trainer.stage_main import HEAVY_STAGES, STOPPED_EXIT
 from tests.rlhf.test_ppo import PROMPTS, make_trainer, small_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,3 +83,7 @@ def test_sigterm_with_no_loop_running_exits_at_once(tmp_path):
         if stage.poll() is None:
             stage.kill()
             stage.wait()
+
+
+def test_every_stage_the_table_runs_in_its_own_process_has_an_entry_point():
+    assert set(HEAVY_STAGES) == OWN_PROCESS_STAGES

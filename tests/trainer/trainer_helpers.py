@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from services.common.generated.flywheel.v1 import feedback_pb2_grpc
+from services.trainer.pipeline import RunDriver
 from tests.feedback.feedback_helpers import serve_group
 from tests.harness import free_ports
 
@@ -148,3 +149,8 @@ class TrainerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def drive(settings, run_id: str) -> str:
+    """Drive a run in the test process as the train worker's ``flywheel.trainer.drive`` does."""
+    return RunDriver.for_settings(settings).drive(run_id)

@@ -24,10 +24,11 @@ RESULT_FILE = "result.json"
 
 @dataclass(frozen=True)
 class StageResult:
-    # done: the stage produced its outputs; rejected: a gate said no (the run stops, nothing
-    # is promoted). A crash is an exception, retried from the checkpoints; "failed" is what
-    # the run driver records when the retries are spent.
-    status: Literal["done", "rejected", "failed"]
+    # done: the stage produced its outputs; rejected: a gate said no (the run stops and the
+    # pipeline marks the candidate rejected); waiting: too little data yet (the snapshot; the
+    # run ends "waiting"). A crash is an exception, retried from the checkpoints; "failed" is
+    # what the run driver records when the retries are spent or the time limit is passed.
+    status: Literal["done", "rejected", "waiting", "failed"]
     outputs: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 

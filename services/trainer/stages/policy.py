@@ -249,7 +249,5 @@ def gate(ctx: StageContext) -> StageResult:
     }
     log.info("policy gate: %s", json.dumps(outputs))
     if not verdict.passed:
-        if candidate_info.status == "candidate":
-            registry.reject("policy", candidate_info.version, verdict.reason)
-        return StageResult("rejected", outputs, verdict.reason)
+        return StageResult("rejected", outputs, verdict.reason)  # the pipeline rejects it
     return StageResult("done", outputs)

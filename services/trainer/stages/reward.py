@@ -213,8 +213,6 @@ def gate(ctx: StageContext) -> StageResult:
         first_margin=settings.rm_first_margin,
     )
     if not verdict.passed:
-        if registry.get("reward", candidate).status == "candidate":
-            registry.reject("reward", candidate, verdict.reason)
-        return StageResult("rejected", outputs, verdict.reason)
-    # The worker promotes it (pipeline.py), so the reward service serves it during PPO.
+        return StageResult("rejected", outputs, verdict.reason)  # the pipeline rejects it
+    # The pipeline promotes it, so the reward service serves it during PPO.
     return StageResult("done", {**outputs, "promoted": candidate})
