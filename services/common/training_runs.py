@@ -50,7 +50,14 @@ STAGES: tuple[StageSpec, ...] = (
         "rm_gate",
         "own process",
         "the new RM against the promoted one on the held-out groups (a lower bound)",
-        ("heldout_accuracy", "accuracy_lower_bound", "gain_lower_bound", "promoted"),
+        (
+            "heldout_accuracy",
+            "accuracy_lower_bound",
+            "gain_lower_bound",
+            "decided_on",
+            "threshold",
+            "promoted",
+        ),
     ),
     StageSpec(
         "ppo",

@@ -25,6 +25,14 @@ STAGE_SECONDS = Histogram(
 RM_ACCURACY = Gauge(
     "flywheel_trainer_rm_heldout_accuracy", "Held-out pairwise accuracy of the newest RM."
 )
+RM_GATE_BOUND = Gauge(
+    "flywheel_trainer_rm_gate_lower_bound",
+    "The lower confidence bound the newest RM gate decided on: the accuracy's for the first "
+    "RM, the gain's over the promoted RM after.",
+)
+RM_GATE_THRESHOLD = Gauge(
+    "flywheel_trainer_rm_gate_threshold", "What that bound had to reach for the RM to pass."
+)
 WIN_RATE = Gauge(
     "flywheel_trainer_policy_win_rate",
     "Win rate of the newest policy candidate against the promoted policy (under the judge).",
@@ -79,7 +87,8 @@ WATCH_BOUND = Gauge(
 def _create_series_at_start() -> None:
     # Until a run measures them the quality gauges read NaN (Grafana: no value), not a 0 that
     # looks like a measured 0% accuracy or win rate.
-    for gauge in (RM_ACCURACY, WIN_RATE, WIN_RATE_LOWER, WIN_RATE_THRESHOLD, KL):
+    quality = (RM_ACCURACY, RM_GATE_BOUND, RM_GATE_THRESHOLD, WIN_RATE, WIN_RATE_LOWER)
+    for gauge in (*quality, WIN_RATE_THRESHOLD, KL):
         gauge.set(float("nan"))
     for arm in ("version", "against"):
         for bound in ("low", "high"):

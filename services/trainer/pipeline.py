@@ -280,6 +280,9 @@ class RunDriver:
 def _observe(stage: str, result: StageResult) -> None:
     if stage == "reward_model" and "heldout_accuracy" in result.outputs:
         metrics.RM_ACCURACY.set(result.outputs["heldout_accuracy"])
+    if stage == "rm_gate" and "decided_on" in result.outputs:
+        metrics.RM_GATE_BOUND.set(result.outputs[result.outputs["decided_on"]])
+        metrics.RM_GATE_THRESHOLD.set(result.outputs["threshold"])
     if stage == "policy_gate":
         metrics.WIN_RATE.set(result.outputs.get("win_rate", float("nan")))
         metrics.WIN_RATE_LOWER.set(result.outputs.get("win_rate_lower_bound", float("nan")))

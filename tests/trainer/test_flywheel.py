@@ -220,6 +220,8 @@ def test_comparisons_become_a_canary_which_is_rolled_back_when_users_dislike_it(
     # The gauge shows the number the RM gate judged (the tiny RM's accuracy itself varies).
     accuracy = stages["rm_gate"]["outputs"]["heldout_accuracy"]
     assert f"flywheel_trainer_rm_heldout_accuracy {float(accuracy)!r}" in train_metrics
+    threshold = stages["rm_gate"]["outputs"]["threshold"]  # the first RM: chance + margin
+    assert f"flywheel_trainer_rm_gate_threshold {float(threshold)!r}" in train_metrics
 
     # A redelivered (or duplicated) run message does nothing twice.
     assert deployment.call("flywheel.trainer.drive", run.id) == "nothing to do: the run is over"

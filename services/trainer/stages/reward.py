@@ -212,6 +212,11 @@ def gate(ctx: StageContext) -> StageResult:
         tolerance=settings.rm_gate_tolerance,
         first_margin=settings.rm_first_margin,
     )
+    # What the verdict compared, for the run record, the dashboard and the status views.
+    if gain is None:
+        outputs.update(decided_on="accuracy_lower_bound", threshold=0.5 + settings.rm_first_margin)
+    else:
+        outputs.update(decided_on="gain_lower_bound", threshold=-settings.rm_gate_tolerance)
     if not verdict.passed:
         return StageResult("rejected", outputs, verdict.reason)  # the pipeline rejects it
     # The pipeline promotes it, so the reward service serves it during PPO.

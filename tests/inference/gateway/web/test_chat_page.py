@@ -298,7 +298,9 @@ def record_runs(store: RunStore) -> None:
         for name, outputs in (
             (
                 "rm_gate",
-                {"heldout_accuracy": accuracy, "accuracy_lower_bound": accuracy - 0.08},
+                {"heldout_accuracy": accuracy, "accuracy_lower_bound": accuracy - 0.08}
+                # The newer run records which bound it decided on and its threshold.
+                | ({"decided_on": "accuracy_lower_bound", "threshold": 0.55} if version else {}),
             ),
             (
                 "policy_gate",
@@ -360,12 +362,13 @@ def test_status_view_shows_the_trainers_runs_and_gate_results(
         playwright_api.expect(rows).to_have_count(3, timeout=ANSWER_TIMEOUT_MS)
         # Newest first: the promoted run, then the rejected one with its reason.
         playwright_api.expect(rows.nth(1)).to_contain_text("succeeded")
-        playwright_api.expect(rows.nth(1)).to_contain_text("0.74 (bound 0.66)")
+        playwright_api.expect(rows.nth(1)).to_contain_text("0.74 (bound 0.66, must reach 0.55)")
         playwright_api.expect(rows.nth(1)).to_contain_text("62% (95% bound 55%, must be above 50%)")
         playwright_api.expect(rows.nth(1)).to_contain_text("v1")
         playwright_api.expect(rows.nth(2)).to_contain_text("rejected")
         playwright_api.expect(rows.nth(2)).to_contain_text("win rate 0.41 < 0.5")
         playwright_api.expect(rows.nth(2)).to_contain_text("41%")
+        playwright_api.expect(rows.nth(2)).to_contain_text("0.71 (bound 0.63)")
         watch = page.locator("#watch")
         playwright_api.expect(watch).to_contain_text("Canary v1 on 20% of the keys for 600 of")
         playwright_api.expect(watch).to_contain_text("[30%, 90%] (12 votes) vs [45%, 75%]")

@@ -453,11 +453,18 @@ function winRate(run) {
   return `${percent(rate)} (${level} bound ${percent(lower)}${needs})`;
 }
 
-// The RM gate's accuracy with the lower bound it decided on (older runs: the accuracy only).
+// The RM gate's accuracy, the lower bound it decided on (the accuracy's for a first RM, the
+// gain's over the promoted RM after) and what that bound had to reach.
 function rmAccuracy(run) {
-  const accuracy = stageValue(run, "rm_gate", "heldout_accuracy");
-  const lower = stageValue(run, "rm_gate", "accuracy_lower_bound");
-  return lower == null ? number(accuracy) : `${number(accuracy)} (bound ${number(lower)})`;
+  const accuracy = number(stageValue(run, "rm_gate", "heldout_accuracy"));
+  const decidedOn = stageValue(run, "rm_gate", "decided_on");
+  if (decidedOn == null) {
+    const lower = stageValue(run, "rm_gate", "accuracy_lower_bound");
+    return lower == null ? accuracy : `${accuracy} (bound ${number(lower)})`;
+  }
+  const what = decidedOn === "gain_lower_bound" ? "gain bound" : "bound";
+  const bound = number(stageValue(run, "rm_gate", decidedOn));
+  return `${accuracy} (${what} ${bound}, must reach ${number(stageValue(run, "rm_gate", "threshold"))})`;
 }
 
 const interval = (pair) => (pair ? `[${percent(pair[0])}, ${percent(pair[1])}]` : "–");
