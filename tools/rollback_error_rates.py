@@ -5,8 +5,8 @@
 - canaries whose users give thumbs-up at a rate equal to the promoted version's, or some points
   below or above it, served to ``CANARY_SHARE`` of the keys (so the promoted version gets
   (1 - share) / share votes for each of the canary's) and decided as the watch decides them
-  (the real ``canary_decision`` asked after every ``step`` new canary votes, up to a window
-  that stands for the longest wait);
+  (the real ``canary_decision`` with the settings' rule, ``watch.canary_verdict``, asked
+  after every ``step`` new canary votes, up to a window that stands for the longest wait);
 - promoted versions against their parent (the real ``rollback_due``, likewise).
 
 tests/trainer/test_rollback_error_rates.py checks the defaults' promises.
@@ -19,8 +19,8 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from services.trainer.sequential import canary_decision, rollback_due
 from services.trainer.settings import TrainerSettings
+from services.trainer.watch import canary_verdict, rollback_verdict
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,8 @@ def watch(
         for votes in range(step, window + 1, step):
             version_up += sum(rng.random() < version_rate for _ in range(step))
             parent_up += sum(rng.random() < parent_rate for _ in range(step))
-            verdict = rollback_due(
-                version_up,
-                votes - version_up,
-                parent_up,
-                votes - parent_up,
-                alpha=settings.rollback_alpha,
-                margin=settings.rollback_margin,
-                planned_votes=settings.rollback_planned_votes,
+            verdict = rollback_verdict(
+                settings, (version_up, votes - version_up), (parent_up, votes - parent_up)
             )
             if verdict.passed:
                 took.append(votes)
@@ -91,19 +85,7 @@ def decide_canaries(
             new = round(votes * per_canary_vote) - p_votes
             p_up += sum(rng.random() < promoted_rate for _ in range(new))
             p_votes += new
-            decision = canary_decision(
-                c_up,
-                votes - c_up,
-                p_up,
-                p_votes - p_up,
-                waited_s=0.0,
-                alpha=settings.rollback_alpha,
-                rollback_margin=settings.rollback_margin,
-                promote_margin=settings.canary_margin,
-                planned_votes=settings.rollback_planned_votes,
-                max_wait_s=settings.canary_max_wait_s,
-                at_longest_wait=settings.canary_at_longest_wait,
-            )
+            decision = canary_verdict(settings, (c_up, votes - c_up), (p_up, p_votes - p_up), 0.0)
             if decision.action == "roll_back":
                 took.append(votes)
                 break

@@ -28,7 +28,13 @@ from services.common.redis_names import TRAINER_WATCH_REPORT
 from services.common.registry import Canary, ModelRegistry
 from services.trainer import metrics
 from services.trainer.promotion import end_canary, promote, roll_back
-from services.trainer.sequential import RateComparison, canary_decision, rollback_due
+from services.trainer.sequential import (
+    CanaryDecision,
+    RateComparison,
+    RollbackVerdict,
+    canary_decision,
+    rollback_due,
+)
 from services.trainer.settings import TrainerSettings
 from services.trainer.store.runs import RunStore
 
@@ -61,6 +67,39 @@ class WatchReport:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def canary_verdict(
+    settings: TrainerSettings,
+    canary: tuple[int, int],
+    promoted: tuple[int, int],
+    waited_s: float,
+) -> CanaryDecision:
+    """sequential.canary_decision with the settings' rule, on (up, down) thumbs of each."""
+    return canary_decision(
+        *canary,
+        *promoted,
+        waited_s=waited_s,
+        alpha=settings.rollback_alpha,
+        rollback_margin=settings.rollback_margin,
+        promote_margin=settings.canary_margin,
+        planned_votes=settings.rollback_planned_votes,
+        max_wait_s=settings.canary_max_wait_s,
+        at_longest_wait=settings.canary_at_longest_wait,
+    )
+
+
+def rollback_verdict(
+    settings: TrainerSettings, version: tuple[int, int], parent: tuple[int, int]
+) -> RollbackVerdict:
+    """sequential.rollback_due with the settings' rule, on (up, down) thumbs of each."""
+    return rollback_due(
+        *version,
+        *parent,
+        alpha=settings.rollback_alpha,
+        margin=settings.rollback_margin,
+        planned_votes=settings.rollback_planned_votes,
+    )
 
 
 class Watch:
@@ -98,19 +137,7 @@ class Watch:
             thumbs.get(promoted, (0, 0)),
         )
         waited = (_now() - canary.started).total_seconds()
-        decision = canary_decision(
-            c_up,
-            c_down,
-            p_up,
-            p_down,
-            waited_s=waited,
-            alpha=s.rollback_alpha,
-            rollback_margin=s.rollback_margin,
-            promote_margin=s.canary_margin,
-            planned_votes=s.rollback_planned_votes,
-            max_wait_s=s.canary_max_wait_s,
-            at_longest_wait=s.canary_at_longest_wait,
-        )
+        decision = canary_verdict(s, (c_up, c_down), (p_up, p_down), waited)
         if decision.action == "promote":
             promote(self.registry, s.redis_url, ROLE, canary.version)
             metrics.CANARY_DECISIONS.labels("promote").inc()
@@ -145,15 +172,7 @@ class Watch:
             )
         thumbs = self.thumbs_since(self._canary_started(version))
         (v_up, v_down), (p_up, p_down) = thumbs.get(version, (0, 0)), thumbs.get(parent, (0, 0))
-        verdict = rollback_due(
-            v_up,
-            v_down,
-            p_up,
-            p_down,
-            alpha=self.settings.rollback_alpha,
-            margin=self.settings.rollback_margin,
-            planned_votes=self.settings.rollback_planned_votes,
-        )
+        verdict = rollback_verdict(self.settings, (v_up, v_down), (p_up, p_down))
         reason = verdict.reason
         if verdict.passed and self.store.record_rollback(version, parent, reason):
             now_serving = roll_back(self.registry, self.settings.redis_url, ROLE)
