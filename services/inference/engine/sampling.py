@@ -113,6 +113,8 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probabilities reach ``top_p``."""
     ordered, order = torch.sort(logits, descending=True)
     cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-    # Drop a token when the ones before it already reach top_p (the first always stays).
+    # Drop a token when the ones before it already reach top_p. The first always stays, also
+    # for a top_p below float32's range, which rounds to 0 in the comparison (0 >= 0).
     drop = (cumulative - torch.softmax(ordered, dim=-1)) >= top_p
+    drop[0] = False
     return logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
