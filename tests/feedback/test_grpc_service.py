@@ -182,7 +182,7 @@ def _thumb(feedback, group, index: int, value: int) -> None:
         json={"kind": "thumb", "response_id": group.response_ids[index], "value": value},
         headers=group.auth,
     )
-    assert response.status_code == 202, response.text
+    assert response.status_code == 201, response.text
 
 
 def test_stats_count_thumbs_given_since_a_time_by_version(feedback):

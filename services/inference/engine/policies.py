@@ -8,7 +8,8 @@ once the last of them leaves.
 During a canary (services/common/registry.py) the canary is loaded too, beside the promoted
 version: a request that names it (the gateway routes a share of its API keys there) gets it,
 every other request the promoted one. Two versions cost twice the weights' memory (SmolLM2-135M:
-about 270 MB more in bf16, 540 MB in fp32); the KV cache is shared.
+about 270 MB more in bf16, 540 MB in fp32) and each has its own prefix cache budget; the
+scheduler's request slots are shared, and it batches each version's requests apart.
 """
 
 from __future__ import annotations
