@@ -24,7 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_parser("now", help="start a run now on the comparisons not trained on yet")
     status = sub.add_parser("status", help="recent runs: stages, durations, metrics, reasons")
     status.add_argument("--limit", type=int, default=5, help="how many runs (default 5)")
-    status.add_argument("--json", action="store_true", help="print the raw records")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON document: {"watch": its last look, "runs": the raw records}',
+    )
     sub.add_parser("cancel", help="stop the run in progress at its next check")
 
 

@@ -28,7 +28,8 @@ class StackCommands:
         return result.stdout
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return json.loads(self.run("train", "status", "--json", "--limit", str(limit)))
+        shown = json.loads(self.run("train", "status", "--json", "--limit", str(limit)))
+        return shown["runs"]
 
     def create_api_key(self, name: str, requests_per_minute: float | None = None) -> str:
         """A new API key for ``name`` (``flywheel keys create``), as each user has their own;

@@ -9,6 +9,7 @@ watches what users and operators see: the registry, the run record, the engine's
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -196,6 +197,8 @@ def test_comparisons_become_a_canary_which_is_rolled_back_when_users_dislike_it(
     assert run.id in shown.stdout and "succeeded" in shown.stdout
     assert "heldout_accuracy=" in shown.stdout and "win_rate=" in shown.stdout
     assert "canary v1 on 20% of the keys" in shown.stdout and "decision: wait" in shown.stdout
+    as_json = json.loads(flywheel(deployment.env, "train", "status", "--json").stdout)
+    assert as_json["watch"]["kind"] == "canary" and as_json["runs"][0]["id"] == run.id
     # And as the chat page's status view shows it (the gateway asks the same control worker).
     page = chat_page_status(deployment.env, engine, feedback)
     assert page["serving"]["model_version"] == "v0", page
