@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from services.simulator.ablation import alignment_tax
 from services.simulator.ablation import table as ablation_table
 from services.simulator.agreement import PanelAgreement, panel_agreement
 from services.simulator.client import Labeler
-from services.simulator.evaluate import judged_preference
+from services.simulator.evaluate import Preference, judged_preference
 from services.simulator.personas import Persona, default_panel
 from services.simulator.prompts import general_texts, held_out_prompts, training_prompts
 from services.simulator.report import RoundResult, table, write_report
@@ -47,6 +48,10 @@ _TRAINING_POLL_S = 15
 _SNAPSHOT_ATTEMPTS = 3  # traffic rounds a demo round gives a trainer that waits for more
 _JUDGED_AT_ONCE = 8  # concurrent held-out requests while judging
 _JUDGE_RATE_LIMIT = 600.0  # requests per minute (and burst) of a judge's key
+# Which seeds the held-out answers are sampled with: v0's baseline on one set, every policy
+# judged against it (v0 itself for the noise floor) on another, the ceiling's v0 samples on a
+# third.
+_BASELINE_SEEDS, _POLICY_SEEDS, _CEILING_SEEDS = 0, 1, 2
 
 
 class Demo:
@@ -91,10 +96,12 @@ class Demo:
                 for p in [*self.trainers, *self.judges]
             }
             judge_client = labelers[self.judges[0].name]
-            baseline = self._answers(judge_client)
+            baseline = self._answers(judge_client, _BASELINE_SEEDS)
+            scale = self._measure_scale(judge_client, baseline)
             for round_number in range(1, s.rounds + 1):
                 self._round(round_number, labelers, judge_client, baseline)
-            report = self._report(baseline, self._answers(judge_client))
+            final = self._answers(judge_client, _POLICY_SEEDS)
+            report = self._report(baseline, final, scale)
             for labeler in labelers.values():
                 labeler.close()
         finally:
@@ -104,7 +111,7 @@ class Demo:
 
     # ---- one round ----------------------------------------------------------------------
 
-    def _round(self, number: int, labelers, judge_client, baseline: list[str]) -> None:
+    def _round(self, number: int, labelers, judge_client, baseline: list[list[str]]) -> None:
         s = self.settings
         started = time.monotonic()
         traffic_s = 0.0
@@ -118,7 +125,7 @@ class Demo:
             # comparisons (too few held-out groups to gate on): users keep coming.
             print(f"round {number}: {run['reason']}; more traffic", flush=True)
         serving = self._wait_until_serving(judge_client)
-        answers = self._answers(judge_client)
+        answers = self._answers(judge_client, _POLICY_SEEDS)
         preference = judged_preference(
             self.judges, self.eval_prompts, answers, baseline, seed=s.seed + number
         )
@@ -217,15 +224,45 @@ class Demo:
             version = client.ask("Hello!", n=1).model_version
         return version
 
-    def _answers(self, client: Labeler) -> list[str]:
-        """One answer of the serving policy to each held-out prompt, asked all at once (the
-        engine batches them), with the same seeds each time, so only the policy changes
-        between rounds."""
-        seeds = random.Random(self.settings.seed)
+    def _answers(self, client: Labeler, seeds_of: int, n: int | None = None) -> list[list[str]]:
+        """``n`` answers (default ``eval_samples``) of the serving policy to each held-out
+        prompt, asked all at once (the engine batches them). ``seeds_of`` picks the seeds:
+        the same each time for the same value, so only the policy changes between rounds."""
+        count = n or self.settings.eval_samples
+        seeds = random.Random(self.settings.seed * 1000 + seeds_of)
         jobs = [(p, seeds.randrange(2**32)) for p in self.eval_prompts]
         with ThreadPoolExecutor(_JUDGED_AT_ONCE, thread_name_prefix="judge") as pool:
-            replies = pool.map(lambda job: client.ask(job[0], 1, 0.7, seed=job[1]), jobs)
-            return [reply.answers[0] for reply in replies]
+            replies = pool.map(lambda job: client.ask(job[0], count, 0.7, seed=job[1]), jobs)
+            return [list(reply.answers) for reply in replies]
+
+    def _measure_scale(self, client: Labeler, baseline: list[list[str]]) -> MeasureScale:
+        """Where the headline can fall, measured on v0 before any training: the noise floor
+        (v0's answers on the policies' seeds against v0's on the baseline's: the measure's
+        own swing) and the re-weighting ceiling (the best of ``ceiling_candidates`` v0
+        samples by the judges' mean utility against each baseline answer: what a policy that
+        only learned to prefer what v0 already writes sometimes would reach)."""
+        s = self.settings
+        noise = judged_preference(
+            self.judges, self.eval_prompts, self._answers(client, _POLICY_SEEDS), baseline, s.seed
+        )
+        if not s.ceiling_candidates:
+            return MeasureScale(noise, None)
+        candidates = self._answers(client, _CEILING_SEEDS, s.ceiling_candidates)
+        best = [
+            max(answers, key=lambda a, p=prompt: self._judges_utility(p, a))
+            for prompt, answers in zip(self.eval_prompts, candidates, strict=True)
+        ]
+        ceiling = judged_preference(
+            self.judges,
+            self.eval_prompts,
+            [[b] * len(base) for b, base in zip(best, baseline, strict=True)],
+            baseline,
+            s.seed,
+        )
+        return MeasureScale(noise, ceiling)
+
+    def _judges_utility(self, prompt: str, answer: str) -> float:
+        return sum(judge.utility(prompt, answer) for judge in self.judges) / len(self.judges)
 
     def _perplexity_change(self, version: str) -> float:
         """General-text perplexity of ``version`` over v0's, minus 1 (v0's is measured once)."""
@@ -254,7 +291,9 @@ class Demo:
 
     # ---- the report ---------------------------------------------------------------------
 
-    def _report(self, baseline: list[str], final: list[str]) -> Path:
+    def _report(
+        self, baseline: list[list[str]], final: list[list[str]], scale: MeasureScale
+    ) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         folder = self.settings.data_dir.resolve() / "reports" / stamp
         spammer = next((p for p in self.trainers if p.spammer), None)
@@ -262,10 +301,16 @@ class Demo:
         agreed = panel_agreement(
             humans, self.judges, spammer, self.served_pairs, self.settings.seed
         )
-        sections = [_agreement_section(agreed)]
+        final_preference = judged_preference(
+            self.judges, self.eval_prompts, final, baseline, self.settings.seed
+        )
+        sections = [_scale_section(scale, final_preference), _agreement_section(agreed)]
         if self.settings.ablation:
             sections.append(self._ablation(folder))
-        examples = list(zip(self.eval_prompts, baseline, final, strict=True))[:5]
+        firsts = [
+            (p, b[0], f[0]) for p, b, f in zip(self.eval_prompts, baseline, final, strict=True)
+        ]
+        examples = firsts[:5]
         path = write_report(
             folder, self.rows, examples, sections, self.settings.model_dump(mode="json")
         )
@@ -307,6 +352,28 @@ def _waits_for_comparisons(run: dict) -> bool:
     """The run stopped at its snapshot, which the trainer does while too few comparisons (or
     held-out groups) have arrived; it starts again once more have."""
     return RunSummary.from_json(run).waiting_for_data
+
+
+@dataclass(frozen=True)
+class MeasureScale:
+    noise_floor: Preference  # v0 against v0, other seeds
+    ceiling: Preference | None  # v0's best sample by the judges' utility against v0
+
+
+def _scale_section(scale: MeasureScale, final: Preference) -> str:
+    def shown(p: Preference) -> str:
+        return f"{p.rate:.2f} [{p.low:.2f}, {p.high:.2f}]"
+
+    ceiling = shown(scale.ceiling) if scale.ceiling is not None else "not measured"
+    return (
+        "## The measure's scale\n\n"
+        f"The held-out judges on {final.prompts} prompts, {final.judgements} judgements, the "
+        "interval resampling prompts:\n\n"
+        "| | judges prefer it over v0 (95% CI) |\n|---|---|\n"
+        f"| noise floor: v0 against v0 (other seeds) | {shown(scale.noise_floor)} |\n"
+        f"| the final policy | {shown(final)} |\n"
+        f"| re-weighting ceiling: v0's best sample by the judges' utility | {ceiling} |\n"
+    )
 
 
 def _agreement_section(agreed: PanelAgreement) -> str:

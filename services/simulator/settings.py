@@ -22,6 +22,8 @@ QUICK_SIZES = dict(
     heldout_percent=25,
     max_tokens=12,
     eval_prompts=10,
+    eval_samples=2,
+    ceiling_candidates=3,
     ppo_iterations=3,
     ppo_rollout_batch_size=4,
     ppo_minibatch_size=2,
@@ -71,6 +73,20 @@ class DemoSettings(BaseSettings):
     max_tokens: int = Field(64, ge=1, description="Longest answer served to the personas.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature of the traffic.")
     eval_prompts: int = Field(25, ge=1, description="Held-out prompts the judges compare on.")
+    eval_samples: int = Field(
+        4,
+        ge=1,
+        le=8,
+        description="Answers of each policy per held-out prompt, sampled with the same seeds "
+        "for both and judged pair by pair (one answer a prompt swings the measure by 0.1-0.15).",
+    )
+    ceiling_candidates: int = Field(
+        7,
+        ge=0,
+        le=8,
+        description="v0 samples per held-out prompt whose best, by the judges' mean utility, "
+        "measures the re-weighting ceiling against v0 (0: not measured).",
+    )
     include_spammer: bool = Field(True, description="The random-voting persona sends traffic.")
     seed: int = Field(0, description="Seeds the personas, prompts and sampling.")
     heldout_percent: int = Field(

@@ -56,6 +56,11 @@ def test_the_quick_demo_turns_the_flywheel_and_writes_its_report(tmp_path, redis
     text = report.read_text()
     assert "| 1 |" in text and "succeeded" in text and "win rate vs v0" in text
     assert "with the held-out judges" in text and "the spammer with the judges" in text
+    # The measure's scale: the noise floor and the ceiling beside the final policy, all judged
+    # on 10 prompts x 2 answers x 3 judges.
+    assert "## The measure's scale" in text and "10 prompts, 60 judgements" in text
+    assert "| noise floor: v0 against v0 (other seeds) | " in text
+    assert "| re-weighting ceiling: v0's best sample by the judges' utility | 0." in text
     # The ablation: v0, the trainer's PPO-ptx policy and the same run without ptx, each with
     # a general-text perplexity, the trained two with a win rate against v0.
     assert (
