@@ -143,8 +143,10 @@ class Watch:
             metrics.CANARY_DECISIONS.labels("promote").inc()
             log.info("canary %s promoted: %s", canary.version, decision.reason)
         elif decision.action == "roll_back":
-            end_canary(self.registry, s.redis_url, ROLE, decision.reason)
+            # Logged first: whoever sees the canary gone finds the rollback on record (and a
+            # crash in between leaves a canary the next look ends, logged once).
             self.store.record_rollback(canary.version, promoted, decision.reason)
+            end_canary(self.registry, s.redis_url, ROLE, decision.reason)
             metrics.CANARY_DECISIONS.labels("roll_back").inc()
         return self._report(
             "canary",
