@@ -181,7 +181,7 @@ class ModelRegistry:
         return self._info(role, current, state) if current else None
 
     def canary(self, role: str) -> Canary | None:
-        return _canary_of(self._read_state(role))
+        return self.serving(role).canary
 
     def serving(self, role: str) -> Serving:
         """The promoted version and the canary, from one read of the state."""

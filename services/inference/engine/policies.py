@@ -61,7 +61,7 @@ class PolicyHolder:
         self._canary_host = ModelHost(
             registry, ROLE, self._load, metrics.CANARY_SERVING, describe=lambda _: "as the canary"
         )
-        self._canary_share = 0.0
+        self._canary: Canary | None = None  # the registry's, as last followed
 
     @property
     def current(self) -> LoadedPolicy | None:
@@ -70,8 +70,8 @@ class PolicyHolder:
     @property
     def canary(self) -> tuple[LoadedPolicy, float] | None:
         """The canary loaded beside the promoted version and its traffic share, if any."""
-        loaded = self._canary_host.current
-        return (loaded, self._canary_share) if loaded is not None else None
+        loaded, followed = self._canary_host.current, self._canary
+        return (loaded, followed.share) if loaded is not None and followed else None
 
     def for_request(self, version: str | None) -> LoadedPolicy | None:
         """The version a request asked for by name if it is loaded here (the canary or the
@@ -86,10 +86,9 @@ class PolicyHolder:
         """Load the registry's canary beside the promoted version, or drop the one that ended."""
         if canary is None:
             self._canary_host.drop()
-            self._canary_share = 0.0
-            return
-        self._canary_host.reload(canary.version)
-        self._canary_share = canary.share
+        else:
+            self._canary_host.reload(canary.version)
+        self._canary = canary
 
     def reload(self, version: str = "") -> tuple[str, str]:
         """Serve ``version`` (default: the promoted one): (previous, current) version names.
